@@ -1,0 +1,23 @@
+"""openjepa: I-JEPA self-supervised pretraining for Vision Transformers."""
+
+from .ijepa import IJEPA, ModelConfig, build_ijepa
+from .masks import BlockMasks, MaskCollator, MaskConfig, MultiBlockMaskSampler
+from .models import VisionTransformer, VisionTransformerPredictor, vit_encoder
+from .schedules import Schedules
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IJEPA",
+    "BlockMasks",
+    "MaskCollator",
+    "MaskConfig",
+    "ModelConfig",
+    "MultiBlockMaskSampler",
+    "Schedules",
+    "VisionTransformer",
+    "VisionTransformerPredictor",
+    "__version__",
+    "build_ijepa",
+    "vit_encoder",
+]

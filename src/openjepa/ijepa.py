@@ -1,0 +1,198 @@
+"""The I-JEPA objective: context encoder, EMA target encoder and predictor in one module."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models.layers import gather_tokens
+from .models.predictor import VisionTransformerPredictor
+from .models.vit import PRESETS, VisionTransformer, preset_name
+
+LOSSES = ("smooth_l1", "mse")
+TARGETS = ("features", "pixels")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of an I-JEPA model (encoder preset, patching, predictor) and its loss."""
+
+    arch: str = "vit_small"  # a preset of openjepa.models.PRESETS
+    patch_size: int = 16
+    img_size: int = 224
+    in_chans: int = 3
+    embed_dim: int | None = None  # None: the preset's; set to override it
+    depth: int | None = None
+    num_heads: int | None = None
+    pred_depth: int = 6
+    pred_emb_dim: int = 384
+    pred_num_heads: int | None = None  # None: the encoder's head count, as in the released code
+    drop_path_rate: float = 0.0
+    loss: str = "smooth_l1"  # smooth_l1 (released recipe) or mse (the paper's text)
+    target: str = "features"  # features (I-JEPA) or pixels (the paper's pixel-target ablation)
+
+    def __post_init__(self):
+        self.arch = preset_name(self.arch)
+        if self.loss not in LOSSES:
+            raise ValueError(f"model.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"model.target must be one of {TARGETS}, got {self.target!r}")
+
+    def encoder_kwargs(self) -> dict:
+        preset = PRESETS[self.arch]
+        return {
+            "img_size": self.img_size,
+            "patch_size": self.patch_size,
+            "in_chans": self.in_chans,
+            "embed_dim": self.embed_dim or preset.embed_dim,
+            "depth": self.depth if self.depth is not None else preset.depth,
+            "num_heads": self.num_heads or preset.num_heads,
+            "mlp_ratio": preset.mlp_ratio,
+            "drop_path_rate": self.drop_path_rate,
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_norm_targets(features: torch.Tensor) -> torch.Tensor:
+    """Targets are normalised over the feature dimension, without affine parameters."""
+    return F.layer_norm(features, (features.shape[-1],))
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``[B, C, H, W] -> [B, N, p*p*C]`` in the patch order of the encoder."""
+    b, c, h, w = images.shape
+    p = patch_size
+    x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+@dataclass
+class StepStats:
+    """Detached by-products of a training step that are useful for monitoring."""
+
+    target_pooled: torch.Tensor  # [B, D] mean over patches of the target encoder output
+    context_len: int
+    target_len: int
+    extras: dict = field(default_factory=dict)
+
+
+class IJEPA(nn.Module):
+    """Owns the context encoder ``encoder``, the EMA ``target_encoder`` and the ``predictor``.
+
+    ``forward(images, context_idx, target_idx)`` returns the loss of one batch. The target encoder takes no
+    gradients and stays in eval mode; it moves only through :meth:`update_target`.
+    """
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        predictor: VisionTransformerPredictor,
+        loss: str = "smooth_l1",
+        target: str = "features",
+    ):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        self.encoder = encoder
+        self.predictor = predictor
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False).eval()
+        self.loss_name = loss
+        self.target_type = target
+
+    def train(self, mode: bool = True) -> IJEPA:
+        super().train(mode)
+        self.target_encoder.eval()  # no drop-path or dropout on the teacher
+        return self
+
+    # -- the step --------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def compute_targets(self, images: torch.Tensor, target_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target blocks ``[M*B, Kt, D]`` (layer-normed target-encoder features, or normalised pixels) and the
+        pooled target-encoder output ``[B, D]``."""
+        h = self.target_encoder(images)
+        pooled = h.mean(dim=1)
+        if self.target_type == "pixels":
+            pixels = patchify(images, self.encoder.patch_size)
+            return gather_tokens(layer_norm_targets(pixels), target_idx), pooled
+        return gather_tokens(layer_norm_targets(h), target_idx), pooled
+
+    def predict(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+        """Predictions ``[M*B, Kt, D]`` of the target blocks from the context patches."""
+        grid = self.encoder.patch_embed.grid_for(images.shape[-2], images.shape[-1])
+        z = self.encoder(images, context_idx)
+        return self.predictor(z, context_idx, target_idx, grid)
+
+    def criterion(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean over blocks, patches and features (every block has the same size)."""
+        if self.loss_name == "mse":
+            return F.mse_loss(predictions, targets)
+        return F.smooth_l1_loss(predictions, targets)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        context_idx: torch.Tensor,
+        target_idx: torch.Tensor,
+        return_stats: bool = False,
+    ):
+        """Loss of one batch (and :class:`StepStats` when ``return_stats``)."""
+        if target_idx.dim() == 2:
+            target_idx = target_idx.unsqueeze(0)
+        targets, pooled = self.compute_targets(images, target_idx)
+        loss = self.criterion(self.predict(images, context_idx, target_idx), targets)
+        if not return_stats:
+            return loss
+        return loss, StepStats(pooled, context_idx.shape[1], target_idx.shape[-1])
+
+    # -- teacher ---------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """EMA: ``target = momentum * target + (1 - momentum) * encoder``, over all tensors in one fused call."""
+        targets = list(self.target_encoder.parameters())
+        sources = list(self.encoder.parameters())
+        torch._foreach_lerp_(targets, sources, 1.0 - momentum)
+
+    # -- optimisation ----------------------------------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        """AdamW groups in the released order: encoder / predictor with weight decay, then encoder / predictor
+        without it (biases and other 1-D parameters). ``wd_exclude`` marks the groups the schedule leaves at 0."""
+
+        def split(module: nn.Module, decay: bool) -> list[nn.Parameter]:
+            return [p for n, p in module.named_parameters() if (("bias" not in n) and p.ndim != 1) == decay]
+
+        return [
+            {"params": split(self.encoder, True)},
+            {"params": split(self.predictor, True)},
+            {"params": split(self.encoder, False), "wd_exclude": True, "weight_decay": 0.0},
+            {"params": split(self.predictor, False), "wd_exclude": True, "weight_decay": 0.0},
+        ]
+
+
+def build_ijepa(config: ModelConfig | None = None, **overrides) -> IJEPA:
+    """Build context encoder, predictor and target encoder from a :class:`ModelConfig`.
+
+    >>> model = build_ijepa(arch="vit_tiny", patch_size=4, img_size=32, pred_depth=2, pred_emb_dim=96)
+    """
+    cfg = config or ModelConfig()
+    if overrides:
+        cfg = ModelConfig(**{**asdict(cfg), **overrides})
+    encoder = VisionTransformer(**cfg.encoder_kwargs())
+    out_dim = encoder.embed_dim if cfg.target == "features" else cfg.patch_size**2 * cfg.in_chans
+    predictor = VisionTransformerPredictor(
+        grid_size=encoder.grid_size,
+        embed_dim=encoder.embed_dim,
+        predictor_embed_dim=cfg.pred_emb_dim,
+        depth=cfg.pred_depth,
+        num_heads=cfg.pred_num_heads or encoder.num_heads,
+        drop_path_rate=cfg.drop_path_rate,
+        out_dim=out_dim,
+    )
+    return IJEPA(encoder, predictor, loss=cfg.loss, target=cfg.target)

@@ -1,0 +1,162 @@
+"""Transformer building blocks shared by the encoder and the predictor.
+
+Module and parameter names follow the released I-JEPA code (``attn.qkv``, ``attn.proj``, ``mlp.fc1`` ...), so
+state dicts move between the two without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .pos_embed import GridSize, to_2tuple
+
+LAYER_NORM_EPS = 1e-6
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch for a random subset of samples while training."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Mlp(nn.Module):
+    """``fc1 -> GELU -> fc2``."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention`` (no attention matrix is kept)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        norm_eps: float = LAYER_NORM_EPS,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches through a strided convolution: ``[B, C, H, W] -> [B, H/p * W/p, D]``."""
+
+    def __init__(self, img_size: int | GridSize = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
+        super().__init__()
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = int(patch_size)
+        for side in self.img_size:
+            if side % self.patch_size:
+                raise ValueError(
+                    f"image size {self.img_size} is not divisible by the patch size {self.patch_size}; "
+                    f"use a multiple of {self.patch_size} (e.g. {side // self.patch_size * self.patch_size})"
+                )
+        self.grid_size = (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def grid_for(self, height: int, width: int) -> GridSize:
+        """Patch grid of an input image, with a clear error when the size does not tile."""
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(f"input {height}x{width} is not divisible by the patch size {p}")
+        return height // p, width // p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.proj.in_channels:
+            raise ValueError(
+                f"expected images [B, {self.proj.in_channels}, H, W], got {tuple(x.shape)}"
+            )
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def init_transformer_weights(module: nn.Module, blocks: Iterable[Block], std: float = 0.02) -> None:
+    """I-JEPA initialisation: truncated normal for linear/conv weights, zero biases, unit LayerNorms, then each
+    residual projection (``attn.proj``, ``mlp.fc2``) of block ``i`` (1-based) divided by ``sqrt(2 i)``.
+
+    The truncation is at two standard deviations: the released helper truncates at +-2 absolute, which for
+    std 0.02 is no truncation at all.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for layer_id, block in enumerate(blocks, start=1):
+            scale = math.sqrt(2.0 * layer_id)
+            block.attn.proj.weight.div_(scale)
+            block.mlp.fc2.weight.div_(scale)
+
+
+def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Select tokens by patch index.
+
+    ``x``: ``[B, N, D]``; ``indices``: ``[B, K]`` or ``[M, B, K]`` (one index set per block and image).
+    Returns ``[B, K, D]`` or ``[M*B, K, D]`` (block-major, the official order). One ``index_select`` on the
+    flattened tokens: no expanded index tensor, no per-block loop, no concatenation.
+    """
+    batch, tokens, dim = x.shape
+    if indices.shape[-2] != batch:
+        raise ValueError(f"indices {tuple(indices.shape)} do not match a batch of {batch}")
+    offsets = torch.arange(batch, device=indices.device).unsqueeze(1) * tokens
+    flat = (indices + offsets).reshape(-1)
+    out = x.reshape(batch * tokens, dim).index_select(0, flat)
+    return out.reshape(-1, indices.shape[-1], dim)

@@ -1,0 +1,205 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from openjepa import MultiBlockMaskSampler, Schedules, build_ijepa
+from openjepa.ijepa import ModelConfig, patchify
+from openjepa.models import VisionTransformerPredictor
+
+
+def tiny_model(**kw):
+    cfg = dict(arch="vit_tiny", patch_size=4, img_size=16, depth=2, pred_depth=2, pred_emb_dim=48)
+    cfg.update(kw)
+    return build_ijepa(**cfg)
+
+
+def batch(model, b=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sampler = MultiBlockMaskSampler(model.encoder.grid_size, min_keep=2)
+    masks = sampler.sample(b, g)
+    return torch.randn(b, 3, 16, 16, generator=g), masks.context, masks.targets
+
+
+def test_shapes_and_official_predictor_names():
+    model = tiny_model()
+    images, ctx, tgt = batch(model)
+    preds = model.predict(images, ctx, tgt)
+    targets, pooled = model.compute_targets(images, tgt)
+    assert preds.shape == targets.shape == (4 * 4, tgt.shape[-1], 192)
+    assert pooled.shape == (4, 192)
+    names = set(model.predictor.state_dict())
+    for key in ["predictor_embed.weight", "mask_token", "predictor_pos_embed", "predictor_blocks.1.attn.qkv.weight",
+                "predictor_norm.weight", "predictor_proj.bias"]:
+        assert key in names
+    assert set(model.state_dict()) >= {"encoder.pos_embed", "target_encoder.pos_embed", "predictor.mask_token"}
+
+
+def test_targets_are_layer_normed_target_features_gathered_block_major():
+    model = tiny_model()
+    images, ctx, tgt = batch(model)
+    targets, _ = model.compute_targets(images, tgt)
+    with torch.no_grad():
+        h = F.layer_norm(model.target_encoder(images), (192,))
+    m, b = 2, 3
+    assert torch.allclose(targets[m * 4 + b], h[b, tgt[m, b]])
+
+
+def test_predictor_matches_a_per_block_loop():
+    """Batched prediction of all blocks equals predicting each block alone (the released code's semantics)."""
+    torch.manual_seed(0)
+    pred = VisionTransformerPredictor(grid_size=4, embed_dim=32, predictor_embed_dim=16, depth=2, num_heads=2)
+    ctx_idx = torch.tensor([[0, 1, 2, 5], [3, 7, 8, 9]])
+    tgt_idx = torch.randint(0, 16, (3, 2, 2))
+    z = torch.randn(2, 4, 32)
+    together = pred(z, ctx_idx, tgt_idx)
+    for m in range(3):
+        alone = pred(z, ctx_idx, tgt_idx[m])
+        assert torch.allclose(together[m * 2:(m + 1) * 2], alone, atol=1e-6)
+
+
+def test_target_encoder_gets_no_gradient_and_stays_in_eval():
+    model = tiny_model(drop_path_rate=0.1)
+    model.train()
+    assert model.encoder.training and not model.target_encoder.training
+    loss = model(*batch(model))
+    loss.backward()
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+    assert model.encoder.blocks[0].attn.qkv.weight.grad is not None
+    assert model.predictor.mask_token.grad is not None
+
+
+def test_ema_math():
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    before = [p.clone() for p in model.target_encoder.parameters()]
+    model.update_target(0.9)
+    for t0, t1, e in zip(before, model.target_encoder.parameters(), model.encoder.parameters()):
+        assert torch.allclose(t1, 0.9 * t0 + 0.1 * e, atol=1e-6)
+    model.update_target(1.0)
+    for t1, t2 in zip([p.clone() for p in model.target_encoder.parameters()], model.target_encoder.parameters()):
+        assert torch.equal(t1, t2)
+
+
+def test_param_groups_exclude_biases_and_1d_from_decay():
+    model = tiny_model()
+    groups = model.param_groups()
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = [names[id(p)] for g in groups[:2] for p in g["params"]]
+    no_decay = [names[id(p)] for g in groups[2:] for p in g["params"]]
+    assert all(g.get("wd_exclude") for g in groups[2:]) and all(g["weight_decay"] == 0 for g in groups[2:])
+    assert all(not n.endswith("bias") and "norm" not in n for n in decay)
+    assert all(n.endswith("bias") or "norm" in n for n in no_decay)
+    assert "encoder.blocks.0.attn.qkv.weight" in decay and "predictor.mask_token" in decay
+    assert not any(n.startswith("target_encoder") for n in decay + no_decay)
+    total = sum(len(g["params"]) for g in groups)
+    assert total == len(list(model.encoder.parameters())) + len(list(model.predictor.parameters()))
+
+
+def test_loss_choice():
+    images_ctx_tgt = None
+    for loss in ["smooth_l1", "mse"]:
+        torch.manual_seed(0)
+        model = tiny_model(loss=loss)
+        images_ctx_tgt = images_ctx_tgt or batch(model)
+        preds = model.predict(*images_ctx_tgt)
+        targets, _ = model.compute_targets(images_ctx_tgt[0], images_ctx_tgt[2])
+        expected = F.mse_loss(preds, targets) if loss == "mse" else F.smooth_l1_loss(preds, targets)
+        assert torch.allclose(model(*images_ctx_tgt), expected)
+    with pytest.raises(ValueError, match="model.loss"):
+        ModelConfig(loss="l1")
+
+
+def test_pixel_targets_ablation():
+    model = tiny_model(target="pixels")
+    images, ctx, tgt = batch(model)
+    targets, _ = model.compute_targets(images, tgt)
+    assert targets.shape[-1] == 4 * 4 * 3
+    patches = patchify(images, 4)
+    assert torch.allclose(targets[0], F.layer_norm(patches[0, tgt[0, 0]], (48,)), atol=1e-6)
+    model(images, ctx, tgt).backward()
+
+
+def test_loss_decreases_on_a_tiny_batch():
+    torch.manual_seed(0)
+    model = tiny_model()
+    images, ctx, tgt = batch(model, b=8)
+    opt = torch.optim.AdamW(model.param_groups(), lr=1e-3)
+    losses = []
+    for _ in range(40):
+        loss = model(images, ctx, tgt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_target(0.996)
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_schedules_values():
+    s = Schedules(total_steps=100, warmup_steps=10, start_lr=0.1, lr=1.0, final_lr=0.0,
+                  weight_decay=0.04, final_weight_decay=0.4, ema_start=0.996, ema_end=1.0)
+    assert s.lr_at(0) == pytest.approx(0.1) and s.lr_at(5) == pytest.approx(0.55)
+    assert s.lr_at(10) == pytest.approx(1.0)
+    assert s.lr_at(55) == pytest.approx(0.5)  # half-way through the cosine
+    assert s.lr_at(100) == pytest.approx(0.0) and s.lr_at(150) == pytest.approx(0.0)
+    assert s.wd_at(0) == pytest.approx(0.04) and s.wd_at(50) == pytest.approx(0.22) and s.wd_at(100) == 0.4
+    assert s.momentum_at(0) == 0.996 and s.momentum_at(50) == pytest.approx(0.998) and s.momentum_at(100) == 1.0
+    # A pure function of the step: a 'resumed' lookup equals the uninterrupted sequence.
+    seq = [s.at(k) for k in range(100)]
+    assert seq[37] == s.at(37)
+    assert all(seq[k][0] >= seq[k + 1][0] for k in range(10, 99))
+
+
+def _to_hf(encoder):
+    """Map our encoder's state dict onto transformers' IJepaModel layout (qkv split into q/k/v)."""
+    sd = encoder.state_dict()
+    out = {
+        "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+        "embeddings.position_embeddings": sd["pos_embed"],
+        "layernorm.weight": sd["norm.weight"],
+        "layernorm.bias": sd["norm.bias"],
+    }
+    for i in range(encoder.depth):
+        src, dst = f"blocks.{i}.", f"layers.{i}."
+        q, k, v = sd[src + "attn.qkv.weight"].chunk(3)
+        qb, kb, vb = sd[src + "attn.qkv.bias"].chunk(3)
+        out.update({
+            dst + "attention.q_proj.weight": q, dst + "attention.q_proj.bias": qb,
+            dst + "attention.k_proj.weight": k, dst + "attention.k_proj.bias": kb,
+            dst + "attention.v_proj.weight": v, dst + "attention.v_proj.bias": vb,
+            dst + "attention.o_proj.weight": sd[src + "attn.proj.weight"],
+            dst + "attention.o_proj.bias": sd[src + "attn.proj.bias"],
+            dst + "layernorm_before.weight": sd[src + "norm1.weight"],
+            dst + "layernorm_before.bias": sd[src + "norm1.bias"],
+            dst + "layernorm_after.weight": sd[src + "norm2.weight"],
+            dst + "layernorm_after.bias": sd[src + "norm2.bias"],
+            dst + "mlp.fc1.weight": sd[src + "mlp.fc1.weight"], dst + "mlp.fc1.bias": sd[src + "mlp.fc1.bias"],
+            dst + "mlp.fc2.weight": sd[src + "mlp.fc2.weight"], dst + "mlp.fc2.bias": sd[src + "mlp.fc2.bias"],
+        })
+    return out
+
+
+def test_parity_with_transformers_ijepa():
+    import transformers  # a test dependency: a missing install must fail, not skip
+    torch.manual_seed(0)
+    from openjepa.models import vit_encoder
+
+    enc = vit_encoder("vit_small", patch_size=16, img_size=64, depth=3).eval()
+    with torch.no_grad():  # random, non-trivial weights everywhere (LayerNorms and biases included)
+        for p in enc.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    config = transformers.IJepaConfig(hidden_size=384, num_hidden_layers=3, num_attention_heads=6,
+                                      intermediate_size=1536, image_size=64, patch_size=16, layer_norm_eps=1e-6)
+    hf = transformers.IJepaModel(config).eval()
+    missing, unexpected = hf.load_state_dict(_to_hf(enc), strict=False)
+    assert not unexpected and not [k for k in missing if "pooler" not in k]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = enc(x)
+        theirs = hf(pixel_values=x).last_hidden_state
+    assert (ours - theirs).abs().max().item() < 1e-5
