@@ -90,7 +90,7 @@ def test_param_groups_exclude_biases_and_1d_from_decay():
     names = {id(p): n for n, p in model.named_parameters()}
     decay = [names[id(p)] for g in groups[:2] for p in g["params"]]
     no_decay = [names[id(p)] for g in groups[2:] for p in g["params"]]
-    assert all(g.get("wd_exclude") for g in groups[2:]) and all(g["weight_decay"] == 0 for g in groups[2:])
+    assert all(g.get("WD_exclude") for g in groups[2:]) and all(g["weight_decay"] == 0 for g in groups[2:])
     assert all(not n.endswith("bias") and "norm" not in n for n in decay)
     assert all(n.endswith("bias") or "norm" in n for n in no_decay)
     assert "encoder.blocks.0.attn.qkv.weight" in decay and "predictor.mask_token" in decay

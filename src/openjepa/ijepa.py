@@ -163,7 +163,8 @@ class IJEPA(nn.Module):
     # -- optimisation ----------------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
         """AdamW groups in the released order: encoder / predictor with weight decay, then encoder / predictor
-        without it (biases and other 1-D parameters). ``wd_exclude`` marks the groups the schedule leaves at 0."""
+        without it (biases and other 1-D parameters). ``WD_exclude`` (the released key) marks the groups that the
+        weight-decay schedule leaves at 0."""
 
         def split(module: nn.Module, decay: bool) -> list[nn.Parameter]:
             return [p for n, p in module.named_parameters() if (("bias" not in n) and p.ndim != 1) == decay]
@@ -171,8 +172,8 @@ class IJEPA(nn.Module):
         return [
             {"params": split(self.encoder, True)},
             {"params": split(self.predictor, True)},
-            {"params": split(self.encoder, False), "wd_exclude": True, "weight_decay": 0.0},
-            {"params": split(self.predictor, False), "wd_exclude": True, "weight_decay": 0.0},
+            {"params": split(self.encoder, False), "WD_exclude": True, "weight_decay": 0.0},
+            {"params": split(self.predictor, False), "WD_exclude": True, "weight_decay": 0.0},
         ]
 
 

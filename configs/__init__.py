@@ -1,0 +1,1 @@
+"""The released and CPU recipes, shipped inside the package as ``openjepa.recipes``."""

@@ -1,0 +1,122 @@
+"""Checkpoint files: atomic writes, and loading that never runs code from the file.
+
+A training checkpoint is one ``torch.save`` file in the released layout -- ``encoder``, ``predictor``,
+``target_encoder`` (state dicts whose keys carry the ``module.`` prefix of a DDP-wrapped model), ``opt``,
+``scaler``, ``epoch``, ``loss``, ``batch_size``, ``world_size``, ``lr`` -- plus openjepa's ``step``, ``config``
+(a plain dict) and ``rng`` (tensors only). Everything in it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DDP_PREFIX = "module."
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message says why and what to do."""
+
+
+def add_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = DDP_PREFIX) -> dict[str, torch.Tensor]:
+    return {k if k.startswith(prefix) else prefix + k: v for k, v in state_dict.items()}
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = DDP_PREFIX) -> dict[str, torch.Tensor]:
+    """Remove a ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefix from every key that has it."""
+    out = {}
+    for key, value in state_dict.items():
+        while key.startswith(prefix) or key.startswith("_orig_mod."):
+            key = key[len(prefix):] if key.startswith(prefix) else key[len("_orig_mod."):]
+        out[key] = value
+    return out
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, flushed to disk, then renamed.
+
+    A crash or a full disk mid-write leaves any previous file at ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            kept = f"the previous checkpoint at {path} is intact" if path.exists() else "no checkpoint was written"
+            raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}; {kept}") from exc
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``).
+
+    Raises :class:`CheckpointError` with an explanation for a missing, empty, truncated, foreign or unsafe file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file inside it")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write that made it did not finish")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, map_location)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it holds Python objects other than tensors and plain containers, and "
+            f"unpickling those can run arbitrary code. openjepa loads checkpoints with weights_only=True only. "
+            f"(torch said: {str(exc).splitlines()[0]})"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(
+            f"could not read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict of state dicts")
+    return state
+
+
+def _load_safetensors(path: Path, map_location) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    device = str(map_location) if not isinstance(map_location, str) else map_location
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"could not read safetensors file {path}: {exc}") from exc

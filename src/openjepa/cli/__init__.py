@@ -1,0 +1,1 @@
+"""openjepa.cli"""

@@ -1,0 +1,214 @@
+"""Run configuration: dataclasses <-> YAML, dotted command-line overrides, validation with suggestions.
+
+A run is described by :class:`RunConfig` (sections ``model``, ``mask``, ``data``, ``optim``, ``train``,
+``eval``). ``load_config("fashion_mnist", ["optim.lr=5e-4"])`` reads a recipe by name or path, applies overrides
+and validates every key and value; mistakes raise :class:`ConfigError` naming the key and the closest valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.resources
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data.config import DataConfig
+from .eval.config import EvalConfig
+from .ijepa import ModelConfig
+from .masks import MaskConfig
+from .train_config import OptimConfig, TrainConfig
+
+DEFAULT_RECIPE = "digits"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message says which and how to fix it."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists): what goes to YAML and into checkpoints."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# -- value checking -----------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int, float, str, bool, tuples, optionals) and convert."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} is not a valid {_type_name(tp)}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list like [a, b], got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+    section, _, leaf = key.rpartition(".")
+    close = difflib.get_close_matches(leaf, valid, n=3, cutoff=0.5)
+    where = f"section '{section}'" if section else "the configuration"
+    hint = f"; did you mean {' or '.join(repr(f'{section}.{c}' if section else c) for c in close)}?" if close else ""
+    return ConfigError(f"unknown key '{key}' in {where}{hint} (valid keys: {', '.join(valid)})")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"'{prefix}' must be a mapping of keys to values, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown_key(f"{prefix}.{key}" if prefix else str(key), list(fields))
+        full = f"{prefix}.{key}" if prefix else key
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value or {}, full)
+        else:
+            kwargs[key] = _coerce(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"invalid '{prefix}' settings: {exc}") from exc
+
+
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    """Validate a nested dict (e.g. parsed YAML) into a :class:`RunConfig`; missing keys take defaults."""
+    return _build(RunConfig, values or {}, "")
+
+
+# -- files and overrides ------------------------------------------------------------------------------------------
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped with openjepa (the YAML files of ``configs/``)."""
+    root = importlib.resources.files("openjepa.recipes")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str | Path) -> dict[str, Any]:
+    path = Path(source)
+    if not path.suffix and not path.exists():
+        candidate = importlib.resources.files("openjepa.recipes") / f"{source}.yaml"
+        if not candidate.is_file():
+            close = difflib.get_close_matches(str(source), recipe_names(), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"no config file or recipe named {source!r}{hint} (recipes: {', '.join(recipe_names())})"
+            )
+        text = candidate.read_text()
+    elif not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    else:
+        text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {source} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML: ``5e-4``, ``[0.2, 1.0]``, ``null``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=5e-4)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        parts = key.strip().split(".")
+        node = values
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is a value, not a section")
+        node[parts[-1]] = value
+    return values
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a recipe (name or path; default: the embedded digits recipe), apply overrides, validate."""
+    values = _read_yaml(source or DEFAULT_RECIPE)
+    return from_dict(apply_overrides(values, list(overrides or [])))
