@@ -120,3 +120,30 @@ def _load_safetensors(path: Path, map_location) -> dict[str, Any]:
         return load_file(str(path), device=device)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"could not read safetensors file {path}: {exc}") from exc
+
+
+def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """``module.load_state_dict(state_dict, strict=True)`` with an error that names the mismatched keys and
+    shapes (first few) and the architecture the module expects, instead of a raw traceback."""
+    state_dict = strip_prefix(state_dict)
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        arch = module.arch() if hasattr(module, "arch") else type(module).__name__
+        parts = []
+        for label, items in (("shape mismatches", wrong), ("missing keys", missing), ("unexpected keys", unexpected)):
+            if items:
+                more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
+                parts.append(f"{label}: {'; '.join(items[:4])}{more}")
+        raise CheckpointError(
+            f"the {what} weights do not fit the model ({' | '.join(parts)}). The model expects {arch}; check that "
+            f"the config's model section (arch, patch_size, img_size, pred_depth, pred_emb_dim) matches the "
+            f"checkpoint's"
+        )
+    module.load_state_dict(state_dict, strict=True)

@@ -22,7 +22,7 @@ from .data.config import DataConfig
 from .eval.config import EvalConfig
 from .ijepa import ModelConfig
 from .masks import MaskConfig
-from .train_config import OptimConfig, TrainConfig
+from .train.config import OptimConfig, TrainConfig
 
 DEFAULT_RECIPE = "digits"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,26 +78,40 @@ def train_step(
     autocast_dtype: torch.dtype | None = None,
     return_stats: bool = False,
     check_finite: bool = True,
+    scaler: torch.amp.GradScaler | None = None,
+    reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> StepResult:
     """Run one step. ``model`` may be the plain :class:`IJEPA` or a DDP / compiled wrapper of it.
 
     With ``check_finite`` a NaN/inf loss raises :class:`NonFiniteLossError` *before* any weight is touched.
+    ``reduce_loss`` (e.g. a mean over processes) gives the value that is checked and reported, so that every
+    process of a distributed run takes the same decision. ``scaler`` enables fp16 loss scaling.
     """
     set_hyperparameters(optimizer, lr, weight_decay)
-    device_type = images.device.type
     autocast = (
-        torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+        torch.autocast(images.device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
     )
     with autocast:
         out = model(images, context_idx, target_idx, return_stats=return_stats)
     loss, stats = out if return_stats else (out, None)
-    if check_finite and not math.isfinite(loss.item()):
-        raise NonFiniteLossError(f"loss is {loss.item()}")
+    reported = reduce_loss(loss.detach()) if reduce_loss is not None else loss.detach()
+    if check_finite and not math.isfinite(reported.item()):
+        raise NonFiniteLossError(f"loss is {reported.item()}")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
     grad_norm = None
     if grad_clip:
         grad_norm = nn.utils.clip_grad_norm_(unwrap(model).parameters(), grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     unwrap(model).update_target(momentum)
-    return StepResult(loss.detach(), grad_norm, stats)
+    return StepResult(reported, grad_norm, stats)

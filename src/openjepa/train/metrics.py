@@ -1,0 +1,112 @@
+"""Per-step CSV log, monitor CSV and optional TensorBoard for a run (written by rank 0 only)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+STEP_FIELDS = (
+    "step", "epoch", "loss", "lr", "wd", "momentum", "context_len", "target_len", "step_ms", "data_ms",
+    "images_per_s",
+)
+METRICS_CSV = "metrics.csv"
+MONITOR_CSV = "monitor.csv"
+
+
+class CsvLog:
+    """An append-only CSV whose header is fixed by the first row (or ``fields``).
+
+    On resume, rows logged after the checkpoint being resumed (``step > keep_until``) are dropped, so the log
+    of a crashed-and-resumed run reads like the log of an uninterrupted one.
+    """
+
+    def __init__(self, path: Path, fields: tuple[str, ...] | None = None, keep_until: int | None = None):
+        self.path = path
+        self.fields = list(fields) if fields else None
+        if keep_until is not None and path.exists():
+            self._truncate(keep_until)
+        elif keep_until is None and path.exists():
+            path.unlink()
+        if path.exists() and self.fields is None:
+            with path.open(newline="") as f:
+                self.fields = next(csv.reader(f), None)
+
+    def _truncate(self, keep_until: int) -> None:
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+            fields = rows and list(rows[0].keys())
+        kept = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) <= keep_until]
+        if not fields:
+            self.path.unlink()
+            return
+        with self.path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
+        self.fields = self.fields or fields
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        new = not self.path.exists()
+        if self.fields is None:
+            self.fields = list(row.keys())
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(row.get(k)) for k in self.fields})
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+class TensorBoard:
+    """Thin wrapper so that TensorBoard stays an optional extra."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise UserError(
+                "train.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                "(or pip install 'openjepa[tensorboard]'), or set train.tensorboard=false"
+            ) from exc
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def log(self, values: Mapping[str, Any], step: int, prefix: str) -> None:
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class RunLog:
+    """Everything a run writes about its progress: ``metrics.csv`` (every step), ``monitor.csv`` (every online
+    evaluation) and, optionally, TensorBoard events."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool):
+        self.steps = CsvLog(run_dir / METRICS_CSV, STEP_FIELDS, keep_until=resume_step)
+        self.monitor = CsvLog(run_dir / MONITOR_CSV, keep_until=resume_step)
+        self.tb = TensorBoard(run_dir / "tensorboard", purge_step=resume_step) if tensorboard else None
+
+    def step(self, row: Mapping[str, Any]) -> None:
+        self.steps.write(row)
+        if self.tb:
+            self.tb.log(row, int(row["step"]), "train")
+
+    def monitored(self, row: Mapping[str, Any]) -> None:
+        self.monitor.write(row)
+        if self.tb:
+            self.tb.log(row, int(row["step"]), "monitor")
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()

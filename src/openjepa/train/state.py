@@ -1,0 +1,118 @@
+"""What a training checkpoint holds, and how a run is put back exactly where it stopped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..checkpoint import CheckpointError, add_prefix, load_checkpoint, load_weights, save_checkpoint
+from ..ijepa import IJEPA
+
+LATEST = "jepa-latest.pth.tar"
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    return f"jepa-ep{epoch}.pth.tar"
+
+
+@dataclass
+class Position:
+    """Where training stands: ``epoch`` epochs completed plus ``step_in_epoch`` steps of the next one."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any] | None) -> None:
+    # Masks and crops come from generators seeded by (seed, epoch, step); the global generator only drives
+    # drop-path, which is why restoring it is enough for an exact resume.
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(
+    model: IJEPA,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    position: Position,
+    loss: float,
+    batch_size: int,
+    world_size: int,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """The checkpoint dict: the released layout (``module.``-prefixed state dicts, ``opt``, ``epoch``...) plus
+    openjepa's exact-resume fields."""
+    return {
+        "encoder": add_prefix(model.encoder.state_dict()),
+        "predictor": add_prefix(model.predictor.state_dict()),
+        "target_encoder": add_prefix(model.target_encoder.state_dict()),
+        "opt": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": position.epoch,
+        "loss": float(loss),
+        "batch_size": batch_size,
+        "world_size": world_size,
+        "lr": float(config["optim"]["lr"]),
+        "step": position.global_step,
+        "step_in_epoch": position.step_in_epoch,
+        "config": config,
+        "rng": _rng_state(),
+        "openjepa_version": __version__,
+    }
+
+
+def save_training_state(state: dict[str, Any], run_dir: Path, keep_epoch: int | None = None) -> Path:
+    """Write the latest checkpoint (atomically) and, when asked, a numbered copy for that epoch."""
+    latest = save_checkpoint(state, run_dir / LATEST)
+    if keep_epoch is not None:
+        save_checkpoint(state, run_dir / epoch_checkpoint_name(keep_epoch))
+    return latest
+
+
+def restore_training_state(
+    path: Path,
+    model: IJEPA,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    steps_per_epoch: int,
+) -> tuple[Position, dict[str, Any]]:
+    """Load weights, optimizer, scaler and RNG state; return where to continue and the raw checkpoint.
+
+    Released checkpoints (no ``step``) resume at the start of the epoch after their ``epoch`` count.
+    """
+    state = load_checkpoint(path)
+    for key in ("encoder", "predictor", "target_encoder"):
+        if key not in state:
+            raise CheckpointError(f"{path} is not an I-JEPA training checkpoint: it has no '{key}' entry")
+    load_weights(model.encoder, state["encoder"], "context encoder")
+    load_weights(model.predictor, state["predictor"], "predictor")
+    load_weights(model.target_encoder, state["target_encoder"], "target encoder")
+    if state.get("opt") is not None:
+        try:
+            optimizer.load_state_dict(state["opt"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"the optimizer state in {path} does not fit this model: {exc}") from exc
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state.get("rng"))
+    epoch = int(state.get("epoch", 0))
+    step_in_epoch = int(state.get("step_in_epoch", 0))
+    global_step = int(state.get("step", epoch * steps_per_epoch + step_in_epoch))
+    if step_in_epoch >= steps_per_epoch:  # saved at an epoch's end under another batch size
+        epoch, step_in_epoch = epoch + 1, 0
+    return Position(epoch, step_in_epoch, global_step), state

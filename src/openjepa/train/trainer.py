@@ -1,0 +1,290 @@
+"""The pretraining loop: one entry point for CPU, one GPU, or torchrun (DDP)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ..checkpoint import CheckpointError
+from ..config import RunConfig
+from ..errors import UserError
+from ..ijepa import IJEPA, build_ijepa
+from ..schedules import Schedules
+from ..step import NonFiniteLossError, make_optimizer, train_step
+from .metrics import RunLog
+from .runtime import Runtime, all_reduce_mean, any_process, barrier
+from .signals import StopRequest
+from .state import LATEST, Position, restore_training_state, save_training_state, training_state
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite and the skip budget is spent."""
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    position: Position
+    last_loss: float
+    stop_reason: str  # completed | interrupted | time_limit | max_steps
+    signal: int | None = None
+    final_line: str | None = None
+    bad_files: int = 0
+
+
+def prepare_run_dir(run_dir: Path, resume: Path | None, overwrite: bool, runtime: Runtime) -> None:
+    """Refuse to silently mix two runs in one folder."""
+    latest = run_dir / LATEST
+    if resume is None and latest.exists() and not overwrite:
+        raise UserError(
+            f"{run_dir} already holds a run ({LATEST}). Pass --resume to continue it, --overwrite to start again "
+            f"from scratch in the same folder, or choose another folder with train.out_dir=PATH"
+        )
+    if runtime.is_main:
+        if resume is None and overwrite:
+            for old in run_dir.glob("jepa-*.pth.tar"):
+                old.unlink()
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier(runtime)
+
+
+class Trainer:
+    """Builds everything from a :class:`RunConfig` and runs the loop. Use :func:`openjepa.train.pretrain`."""
+
+    def __init__(self, config: RunConfig, runtime: Runtime, resume: Path | None = None, overwrite: bool = False):
+        from ..data import build_pretrain_loader  # the data package is heavier; import where it is used
+
+        self.cfg = config
+        self.rt = runtime
+        self.run_dir = Path(config.train.out_dir)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        prepare_run_dir(self.run_dir, resume, overwrite, runtime)
+        torch.manual_seed(config.train.seed)  # the same initial weights on every process
+        self.data = build_pretrain_loader(
+            config.data, config.model, config.mask, config.train.seed, runtime.rank, runtime.world_size
+        )
+        self.steps_per_epoch = self.data.steps_per_epoch
+        self.model: IJEPA = build_ijepa(config.model).to(runtime.device)
+        if config.train.grad_checkpointing:
+            self.model.encoder.set_grad_checkpointing(True)
+            self.model.predictor.set_grad_checkpointing(True)
+        self.optimizer = make_optimizer(self.model)
+        self.scaler = torch.amp.GradScaler(runtime.device.type) if runtime.use_grad_scaler else None
+        self.schedules = self._schedules()
+        self.position = Position()
+        if resume is not None:
+            self.position, _ = restore_training_state(
+                resume, self.model, self.optimizer, self.scaler, self.steps_per_epoch
+            )
+        else:
+            torch.manual_seed(config.train.seed + 1 + runtime.rank)  # drop-path noise differs across processes
+        self.net = self._wrap(self.model)
+        self.global_batch = config.data.batch_size * runtime.world_size
+        self.log = (
+            RunLog(self.run_dir, self.position.global_step if resume else None, config.train.tensorboard)
+            if runtime.is_main
+            else None
+        )
+        if runtime.is_main:
+            config.save(self.run_dir / "config.yaml")
+        self.monitor = self._build_monitor() if runtime.is_main else None
+        self.skipped_batches = 0
+
+    # -- construction helpers --------------------------------------------------------------------------------------
+    def _schedules(self) -> Schedules:
+        o = self.cfg.optim
+        total = int(o.ipe_scale * o.epochs * self.steps_per_epoch)
+        return Schedules(
+            total_steps=total,
+            warmup_steps=int(o.warmup_epochs * self.steps_per_epoch),
+            start_lr=o.start_lr,
+            lr=o.lr,
+            final_lr=o.final_lr,
+            weight_decay=o.weight_decay,
+            final_weight_decay=o.final_weight_decay,
+            ema_start=o.ema[0],
+            ema_end=o.ema[1],
+        )
+
+    def _wrap(self, model: IJEPA) -> torch.nn.Module:
+        net: torch.nn.Module = model
+        if self.rt.distributed:
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            net = DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.train.compile:
+            net = torch.compile(net, dynamic=True)  # context lengths change from batch to batch
+        return net
+
+    def _build_monitor(self):
+        if self.cfg.eval.online_every <= 0 and not self.cfg.eval.final_probe:
+            return None
+        from .monitoring import RunMonitor
+
+        return RunMonitor(self.cfg, self.rt.device)
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+    def run(self) -> PretrainResult:
+        cfg, rt = self.cfg, self.rt
+        total_steps = cfg.optim.epochs * self.steps_per_epoch
+        self._print_header(total_steps)
+        bar = tqdm(total=total_steps, initial=self.position.global_step, disable=not rt.is_main, unit="step",
+                   dynamic_ncols=True, desc="pretrain")
+        started = time.monotonic()
+        stop = StopRequest()
+        last_loss, reason = math.nan, "completed"
+        with stop:
+            while self.position.epoch < cfg.optim.epochs:
+                last_loss, reason = self._run_epoch(bar, stop, started, last_loss)
+                if reason != "completed":
+                    break
+                self.position = Position(self.position.epoch + 1, 0, self.position.global_step)
+                self._end_of_epoch(last_loss)
+        bar.close()
+        if reason != "completed":
+            self._save(last_loss, keep=False)
+        result = PretrainResult(self.run_dir, self.position, last_loss, reason, stop.signal,
+                                bad_files=self.data.bad_file_count())
+        if reason == "completed":
+            result.final_line = self._finish()
+        return result
+
+    def _run_epoch(self, bar, stop: StopRequest, started: float, last_loss: float) -> tuple[float, str]:
+        cfg, rt, pos = self.cfg, self.rt, self.position
+        sampler = self.data.batch_sampler
+        sampler.set_epoch(pos.epoch)
+        sampler.set_start_step(pos.step_in_epoch)
+        tick = time.perf_counter()
+        for batch in self.data.loader:
+            data_ms = (time.perf_counter() - tick) * 1e3
+            loss = self._step(batch)
+            step_ms = (time.perf_counter() - tick) * 1e3 - data_ms
+            self.position = pos = Position(pos.epoch, pos.step_in_epoch + 1, pos.global_step + 1)
+            if loss is not None:
+                last_loss = loss
+                self._log_step(bar, batch, loss, step_ms, data_ms)
+            reason = self._should_stop(stop, started)
+            if reason:
+                return last_loss, reason
+            tick = time.perf_counter()
+        return last_loss, "completed"
+
+    def _step(self, batch) -> float | None:
+        rt, step = self.rt, self.position.global_step
+        lr, wd, momentum = self.schedules.at(step)
+        images = batch.images.to(rt.device, non_blocking=True)
+        ctx = batch.context.to(rt.device, non_blocking=True)
+        tgt = batch.targets.to(rt.device, non_blocking=True)
+        try:
+            out = train_step(
+                self.net, self.optimizer, images, ctx, tgt, lr, wd, momentum,
+                grad_clip=self.cfg.optim.grad_clip, autocast_dtype=rt.autocast_dtype,
+                scaler=self.scaler, reduce_loss=lambda t: all_reduce_mean(t, rt),
+            )
+        except NonFiniteLossError as exc:
+            return self._non_finite(exc)
+        return float(out.loss)
+
+    def _non_finite(self, exc: NonFiniteLossError) -> None:
+        self.skipped_batches += 1
+        step, epoch = self.position.global_step, self.position.epoch
+        if self.skipped_batches <= self.cfg.train.skip_nonfinite:
+            tqdm.write(f"warning: {exc} at step {step}; batch skipped "
+                       f"({self.skipped_batches}/{self.cfg.train.skip_nonfinite} allowed by train.skip_nonfinite)")
+            return None
+        latest = self.run_dir / LATEST
+        last_good = f"the last good checkpoint is {latest}" if latest.exists() else "no checkpoint was saved yet"
+        raise TrainingDiverged(
+            f"training diverged: {exc} at step {step} (epoch {epoch + 1}); nothing was saved from this step and "
+            f"{last_good}. Lower optim.lr, set optim.grad_clip (e.g. 1.0), or allow skipping a few bad batches "
+            f"with train.skip_nonfinite=N, then resume with --resume"
+        )
+
+    def _log_step(self, bar, batch, loss: float, step_ms: float, data_ms: float) -> None:
+        if not self.rt.is_main:
+            return
+        pos = self.position
+        lr, wd, momentum = self.schedules.at(pos.global_step - 1)
+        ips = self.global_batch / max(1e-9, (step_ms + data_ms) / 1e3)
+        self.log.step({
+            "step": pos.global_step, "epoch": pos.epoch + 1, "loss": loss, "lr": lr, "wd": wd,
+            "momentum": momentum, "context_len": batch.context.shape[1], "target_len": batch.targets.shape[-1],
+            "step_ms": step_ms, "data_ms": data_ms, "images_per_s": ips,
+        })
+        bar.update(1)
+        bar.set_postfix_str(f"ep {pos.epoch + 1} loss {loss:.4f} lr {lr:.2e} {ips:.0f} img/s", refresh=False)
+
+    def _should_stop(self, stop: StopRequest, started: float) -> str | None:
+        t = self.cfg.train
+        if any_process(stop.requested, self.rt):
+            return "interrupted"
+        if t.max_steps is not None and self.position.global_step >= t.max_steps:
+            return "max_steps"
+        if t.max_minutes is not None and any_process((time.monotonic() - started) / 60 >= t.max_minutes, self.rt):
+            return "time_limit"
+        return None
+
+    # -- epoch ends, checkpoints, monitoring ------------------------------------------------------------------------
+    def _end_of_epoch(self, loss: float) -> None:
+        t, epoch = self.cfg.train, self.position.epoch
+        keep = t.keep_every > 0 and epoch % t.keep_every == 0
+        if epoch % max(1, t.checkpoint_every) == 0 or keep or epoch == self.cfg.optim.epochs:
+            self._save(loss, keep=keep)
+        every = self.cfg.eval.online_every
+        if every > 0 and (epoch % every == 0 or epoch == self.cfg.optim.epochs):
+            self._monitor()
+
+    def _save(self, loss: float, keep: bool) -> None:
+        if self.rt.is_main:
+            state = training_state(self.model, self.optimizer, self.scaler, self.position, loss,
+                                   self.cfg.data.batch_size, self.rt.world_size, self.cfg.to_dict())
+            try:
+                save_training_state(state, self.run_dir, self.position.epoch if keep else None)
+            except CheckpointError as exc:
+                tqdm.write(f"warning: {exc}")
+                raise
+        barrier(self.rt)
+
+    def _monitor(self) -> None:
+        if self.monitor is not None:
+            row = self.monitor.run(self.model.target_encoder)
+            row = {"step": self.position.global_step, "epoch": self.position.epoch, **row}
+            self.log.monitored(row)
+            tqdm.write(self.monitor.describe(row))
+        barrier(self.rt)
+
+    def _finish(self) -> str | None:
+        line = None
+        if self.rt.is_main:
+            from ..viz.run import save_run_plot
+
+            save_run_plot(self.run_dir, self.run_dir / "curves.png")
+            if self.monitor is not None and self.cfg.eval.final_probe:
+                line = self.monitor.final(self.model.target_encoder, self.run_dir)
+        barrier(self.rt)
+        return line
+
+    def _print_header(self, total_steps: int) -> None:
+        if not self.rt.is_main:
+            return
+        m, d = self.cfg.model, self.cfg.data
+        enc = self.model.encoder
+        params = sum(p.numel() for p in self.model.encoder.parameters() if p.requires_grad)
+        pred = sum(p.numel() for p in self.model.predictor.parameters() if p.requires_grad)
+        print(
+            f"openjepa pretrain: {m.arch} (width {enc.embed_dim}, depth {enc.depth}, patch {m.patch_size}, "
+            f"{m.img_size}px, {params / 1e6:.2f}M params; predictor {pred / 1e6:.2f}M) on {d.dataset} "
+            f"({len(self.data.dataset)} images), batch {d.batch_size} x {self.rt.world_size} process(es), "
+            f"{self.steps_per_epoch} steps/epoch x {self.cfg.optim.epochs} epochs = {total_steps} steps, "
+            f"{self.rt.describe()} -> {self.run_dir}"
+            + (f"; resuming at step {self.position.global_step}" if self.position.global_step else ""),
+            flush=True,
+        )
