@@ -34,6 +34,10 @@ def add_parser(subparsers) -> None:
         help="continue a run: a run folder, a checkpoint file (openjepa's or a released I-JEPA one), or nothing "
         "for the config's train.out_dir",
     )
+    p.add_argument(
+        "--auto-resume", action="store_true",
+        help="resume from train.out_dir when it holds a checkpoint, else start a new run (for requeued cluster jobs)",
+    )
     p.add_argument("--overwrite", action="store_true", help="start afresh in a folder that already holds a run")
     p.set_defaults(func=run)
 
@@ -43,6 +47,9 @@ def _resume_target(args) -> tuple[Path | None, str | None]:
     if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
         args.overrides.insert(0, args.resume)  # `--resume key=value`: a bare --resume followed by an override
         args.resume = True
+    if args.resume is None and args.auto_resume:
+        latest = Path(load_config(args.config, args.overrides).train.out_dir) / LATEST
+        return (latest if latest.exists() else None), args.config
     if args.resume is None:
         return None, args.config
     if args.resume is True:

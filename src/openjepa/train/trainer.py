@@ -70,7 +70,8 @@ class Trainer:
         prepare_run_dir(self.run_dir, resume, overwrite, runtime)
         torch.manual_seed(config.train.seed)  # the same initial weights on every process
         self.data = build_pretrain_loader(
-            config.data, config.model, config.mask, config.train.seed, runtime.rank, runtime.world_size
+            config.data, config.model, config.mask, config.train.seed, runtime.rank, runtime.world_size,
+            bad_file_dir=self.run_dir, device=runtime.device,
         )
         self.steps_per_epoch = self.data.steps_per_epoch
         self.model: IJEPA = build_ijepa(config.model).to(runtime.device)
@@ -159,9 +160,7 @@ class Trainer:
 
     def _run_epoch(self, bar, stop: StopRequest, started: float, last_loss: float) -> tuple[float, str]:
         cfg, rt, pos = self.cfg, self.rt, self.position
-        sampler = self.data.batch_sampler
-        sampler.set_epoch(pos.epoch)
-        sampler.set_start_step(pos.step_in_epoch)
+        self.data.set_epoch(pos.epoch, pos.step_in_epoch)
         tick = time.perf_counter()
         for batch in self.data.loader:
             data_ms = (time.perf_counter() - tick) * 1e3
