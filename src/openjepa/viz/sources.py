@@ -1,0 +1,127 @@
+"""Where the pictures get their inputs: images of a dataset (with the normalisation to undo) and trained models."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import CheckpointError
+from ..config import ConfigError, RunConfig, from_dict, load_config
+from ..data import DataConfig, build_eval_dataset, build_pretrain_loader
+from ..data.loader import check_channels, normalisation
+from ..errors import UserError
+from ..ijepa import IJEPA
+from ..masks import BlockMasks
+from .images import denormalise
+
+
+@dataclass
+class ImageBatch:
+    """Normalised model inputs, their labels, and everything needed to show them."""
+
+    images: torch.Tensor  # [N, C, H, W], normalised as for the model
+    labels: torch.Tensor  # [N], -1 where unknown
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...] = ()
+    dataset: str = ""
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """uint8 ``[N, H, W, 3]`` for display."""
+        return denormalise(self.images, self.mean, self.std)
+
+    def class_name(self, label: int) -> str:
+        if 0 <= label < len(self.classes):
+            return self.classes[label]
+        return str(label) if label >= 0 else ""
+
+    def subset(self, indices: slice | torch.Tensor) -> ImageBatch:
+        return replace(self, images=self.images[indices], labels=self.labels[indices])
+
+
+def spread_indices(total: int, count: int, seed: int) -> np.ndarray:
+    """``count`` distinct indices of ``range(total)`` in a random but reproducible order (all when fewer)."""
+    return np.random.default_rng(seed).permutation(total)[:count]
+
+
+def eval_images(data: DataConfig, config: RunConfig, split: str, count: int, seed: int = 0,
+                skip: int = 0) -> ImageBatch:
+    """``count`` images of ``split`` through the deterministic evaluation transform (resize + centre crop),
+    chosen at random with ``seed``; ``skip`` leaves out the first indices of that random order (so that two calls
+    with the same seed give disjoint sets)."""
+    dataset = build_eval_dataset(data, config.model, split)
+    if len(dataset) <= skip:
+        raise UserError(f"the {data.dataset} {split} split has only {len(dataset)} images; fewer are needed here")
+    chosen = spread_indices(len(dataset), skip + count, seed)[skip:]
+    samples = [dataset[int(i)] for i in chosen]
+    mean, std = normalisation(data, dataset.source, check_channels(config.model))
+    return ImageBatch(torch.stack([s[0] for s in samples]), torch.tensor([int(s[1]) for s in samples]),
+                      tuple(mean), tuple(std), tuple(dataset.classes), data.dataset)
+
+
+def training_batch(config: RunConfig, epoch: int = 0, step: int = 0, count: int | None = None
+                   ) -> tuple[ImageBatch, BlockMasks]:
+    """The images (random crops included) and masks of training step ``step`` of epoch ``epoch`` exactly as a
+    single-process run of ``config`` draws them (first ``count`` images of the batch)."""
+    data = replace(config.data, num_workers=0, pin_memory=False)  # one batch: no worker processes
+    loaded = build_pretrain_loader(data, config.model, config.mask, config.train.seed)
+    if step >= loaded.steps_per_epoch:
+        raise UserError(f"step {step} is past the end of an epoch ({loaded.steps_per_epoch} steps of "
+                        f"{config.data.batch_size} images); choose --step below {loaded.steps_per_epoch}")
+    loaded.set_epoch(epoch, step)
+    batch = next(iter(loaded.loader))
+    n = len(batch.images) if count is None else min(count, len(batch.images))
+    source = loaded.dataset.source
+    images = ImageBatch(batch.images[:n], batch.labels[:n], tuple(loaded.mean), tuple(loaded.std),
+                        tuple(source.classes), config.data.dataset)
+    return images, BlockMasks(batch.context[:n], batch.targets[:, :n])
+
+
+# -- configs and checkpoints ------------------------------------------------------------------------------------------
+def run_config_from(source: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
+    """A recipe name, a YAML file, or a run folder (its ``config.yaml``), with dotted overrides."""
+    if source is not None and Path(source).is_dir():
+        saved = Path(source) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"{source} is a folder without config.yaml; pass a recipe name, a YAML file or a "
+                              f"run folder written by `openjepa pretrain`")
+        source = saved
+    return load_config(source, overrides)
+
+
+@dataclass
+class TrainedModel:
+    """An I-JEPA model rebuilt from a checkpoint, with the run config it was trained with."""
+
+    model: IJEPA
+    config: RunConfig  # the recorded one (defaults for a released checkpoint), its model section the weights'
+    recorded: dict | None  # the recorded config as a plain dict (None: a released checkpoint)
+    origin: str
+
+    def with_settings(self, config: RunConfig) -> TrainedModel:
+        """The same model under other data / mask settings (its model section is kept)."""
+        return replace(self, config=replace(config, model=self.config.model))
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild the model of an openjepa training checkpoint (file or run folder) or of a released I-JEPA one.
+
+    Released checkpoints record no run config: their model section is read off the weights and the other
+    sections take their defaults (pass other settings with :meth:`TrainedModel.with_settings`).
+    """
+    from ..eval.loading import checkpoint_file
+    from ..interop.official import model_config_of, model_from_state, read_checkpoint
+
+    state, origin = read_checkpoint(checkpoint_file(path))
+    model = model_from_state(state, origin).to(device).eval()
+    recorded = state.get("config") if isinstance(state.get("config"), dict) else None
+    try:
+        run_config = from_dict(recorded) if recorded is not None else RunConfig()
+    except ConfigError as exc:
+        raise CheckpointError(f"the run config recorded in {origin} is invalid: {exc}") from exc
+    return TrainedModel(model, replace(run_config, model=model_config_of(state, origin)), recorded, origin)
