@@ -18,7 +18,7 @@ from openjepa.train.metrics import RunLog
 from openjepa.viz.chart import format_ticks, nice_ticks
 from openjepa.viz.draw import PALETTE
 from openjepa.viz.features import feature_picture_layout, patch_pca
-from openjepa.viz.masks import mask_picture_layout, overlay_masks, target_colour, training_masks
+from openjepa.viz.masks import mask_picture_layout, overlay_masks, render_masks, target_colour, training_masks
 from openjepa.viz.predictions import build_bank, predict_and_retrieve, prediction_picture_size
 from openjepa.viz.run import read_run, render_run, run_panels, run_picture_size, save_run_plot
 
@@ -283,9 +283,13 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys, args, message):
     assert not list(tmp_path.rglob("*.png"))
 
 
-def test_masks_of_a_batch_are_rendered_for_any_block_count():
-    config = load_config("digits", TINY_MODEL + ["mask.num_targets=7", "mask.target_scale=[0.05,0.05]"])
+def test_masks_render_any_number_of_blocks_with_cycling_colours():
+    config = load_config("digits", TINY_MODEL + ["mask.num_targets=7", "mask.target_scale=[0.03,0.03]",
+                                                 "mask.min_keep=4"])
     masks = training_masks(config, 2)
     assert isinstance(masks, BlockMasks) and masks.targets.shape[0] == 7
+    pixels = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3), dtype=np.uint8)
+    image = render_masks(pixels, masks, config, "seven blocks")
+    assert image.size == mask_picture_layout(2, 16).size
     assert len({target_colour(b) for b in range(7)}) == 6  # colours cycle after the palette's six
     assert target_colour(0) == PALETTE[1]

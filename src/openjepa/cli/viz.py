@@ -170,5 +170,6 @@ def run_predictions(args) -> int:
     check_png_path(args.out)
     _positive(queries=args.queries, bank=args.bank, neighbours=args.neighbours)
     trained = _trained(args)
-    image = predictions_picture(trained, trained.config.data, args.split, args.queries, args.bank, args.neighbours, args.seed)
+    image = predictions_picture(trained, trained.config.data, args.split, args.queries, args.bank, args.neighbours,
+                                args.seed)
     return _written(save_png(image, args.out), image.size)

@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw
 
 from ..config import RunConfig
 from ..masks import BlockMasks, MaskCollator, MultiBlockMaskSampler, SampleKey
-from .draw import INK, MUTED, PALETTE, SMALL_SIZE, TITLE_SIZE, TileLayout, draw_legend, fit_text, new_canvas, \
-    put_text
+from .draw import (INK, MUTED, PALETTE, SMALL_SIZE, TITLE_SIZE, TileLayout, draw_legend, fit_text, new_canvas,
+                   put_text)
 from .images import PatchGrid, display_scale, enlarge
 
 CONTEXT_COLOUR = PALETTE[0]
@@ -48,7 +48,9 @@ def overlay_masks(
     grid: tuple[int, int],
 ) -> Image.Image:
     """One enlarged image with its context patches tinted, its target blocks filled and outlined in their colours
-    and every other patch (seen by neither encoder nor loss) washed out in light grey. ``targets``: ``[M, Kt]`` of this image."""
+    and every other patch (seen by neither encoder nor loss) washed out in light grey.
+
+    ``context``: ``[Kc]`` and ``targets``: ``[M, Kt]`` patch indices of this image."""
     base = enlarge(pixels, scale).convert("RGBA")
     layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
@@ -91,9 +93,10 @@ def render_masks(
     title: str,
     captions: list[str] | None = None,
     columns: int = 4,
+    note: str = "",
 ) -> Image.Image:
     """A grid of images (uint8 ``[N, H, W, 3]``) with their masks (``context`` ``[N, Kc]``, ``targets``
-    ``[M, N, Kt]``), a title, the mask settings and a colour legend."""
+    ``[M, N, Kt]``), a title, an optional ``note`` line, the mask settings and a colour legend."""
     count, image_px = pixels.shape[0], pixels.shape[1]
     grid = patch_grid_of(config)
     if pixels.shape[1] != config.model.img_size or pixels.shape[2] != config.model.img_size:
@@ -107,7 +110,8 @@ def render_masks(
     block = _block_shape(masks.targets[0, 0], grid[1])
     put_text(draw, (layout.margin, layout.margin), fit_text(title, width, TITLE_SIZE), TITLE_SIZE, INK)
     lines = (
-        f"{config.model.img_size}px images, {config.model.patch_size}px patches: a {grid[0]}x{grid[1]} patch grid",
+        (f"{note}; " if note else "")
+        + f"{config.model.img_size}px images, {config.model.patch_size}px patches: a {grid[0]}x{grid[1]} patch grid",
         f"target scale {list(m.target_scale)}, aspect {list(m.target_aspect_ratio)}; context scale "
         f"{list(m.context_scale)}; min_keep {m.min_keep}",
         f"this batch: {num_blocks} target blocks of {block[0]}x{block[1]} patches each, {masks.context.shape[1]} "
@@ -147,8 +151,8 @@ def masks_picture(config: RunConfig, count: int = 8, epoch: int = 0, step: int =
         masks = training_masks(config, len(batch.images), epoch, step)
     else:
         raise ValueError(f"views must be 'training' or 'plain', got {views!r}")
-    what = "training views (random crops)" if views == "training" else "whole images"
-    title = (f"I-JEPA masks of training step {step} of epoch {epoch} (seed {config.train.seed}) on "
-             f"{config.data.dataset}, {what}")
+    what = "the step's training views (random crops)" if views == "training" else "whole images (centre crop)"
+    title = f"I-JEPA masks on {config.data.dataset}: training step {step} of epoch {epoch}"
     captions = [batch.class_name(int(label)) for label in batch.labels]
-    return render_masks(batch.pixels, masks, config, title, captions, columns)
+    return render_masks(batch.pixels, masks, config, title, captions, columns,
+                        note=f"{what}, seed {config.train.seed}")

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from ..data import DataConfig
 from ..ijepa import IJEPA, layer_norm_targets
 from ..masks import BlockMasks, MultiBlockMaskSampler, seeded_generator
 from .draw import INK, MUTED, SMALL_SIZE, TITLE_SIZE, fit_text, new_canvas, put_text
-from .images import crop_around, display_scale, enlarge
+from .images import crop_around, display_scale
 from .masks import overlay_masks
 from .sources import TrainedModel
 
@@ -65,8 +66,9 @@ class PatchBank:
 def target_patch_features(model: IJEPA, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Layer-normed target-encoder features ``[N, patches, D]``: exactly the space the targets live in."""
     device = next(model.parameters()).device
-    out = [layer_norm_targets(model.target_encoder(images[i:i + batch_size].to(device))).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    starts = range(0, len(images), batch_size)
+    bar = tqdm(starts, desc="bank features", unit="batch", leave=False, disable=None if len(starts) > 1 else True)
+    out = [layer_norm_targets(model.target_encoder(images[i:i + batch_size].to(device))).float().cpu() for i in bar]
     return torch.cat(out)
 
 

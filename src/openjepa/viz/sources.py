@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..checkpoint import CheckpointError
 from ..config import ConfigError, RunConfig, from_dict, load_config
@@ -58,7 +59,9 @@ def eval_images(data: DataConfig, config: RunConfig, split: str, count: int, see
     if len(dataset) <= skip:
         raise UserError(f"the {data.dataset} {split} split has only {len(dataset)} images; fewer are needed here")
     chosen = spread_indices(len(dataset), skip + count, seed)[skip:]
-    samples = [dataset[int(i)] for i in chosen]
+    # disable=None: a progress bar on terminals only (decoding hundreds of large photos takes a while)
+    samples = [dataset[int(i)] for i in tqdm(chosen, desc=f"{data.dataset} {split} images", unit="image",
+                                             leave=False, disable=None if len(chosen) > 64 else True)]
     mean, std = normalisation(data, dataset.source, check_channels(config.model))
     return ImageBatch(torch.stack([s[0] for s in samples]), torch.tensor([int(s[1]) for s in samples]),
                       tuple(mean), tuple(std), tuple(dataset.classes), data.dataset)
