@@ -154,39 +154,10 @@ def test_schedules_values():
     assert all(seq[k][0] >= seq[k + 1][0] for k in range(10, 99))
 
 
-def _to_hf(encoder):
-    """Map our encoder's state dict onto transformers' IJepaModel layout (qkv split into q/k/v)."""
-    sd = encoder.state_dict()
-    out = {
-        "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
-        "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
-        "embeddings.position_embeddings": sd["pos_embed"],
-        "layernorm.weight": sd["norm.weight"],
-        "layernorm.bias": sd["norm.bias"],
-    }
-    for i in range(encoder.depth):
-        src, dst = f"blocks.{i}.", f"layers.{i}."
-        q, k, v = sd[src + "attn.qkv.weight"].chunk(3)
-        qb, kb, vb = sd[src + "attn.qkv.bias"].chunk(3)
-        out.update({
-            dst + "attention.q_proj.weight": q, dst + "attention.q_proj.bias": qb,
-            dst + "attention.k_proj.weight": k, dst + "attention.k_proj.bias": kb,
-            dst + "attention.v_proj.weight": v, dst + "attention.v_proj.bias": vb,
-            dst + "attention.o_proj.weight": sd[src + "attn.proj.weight"],
-            dst + "attention.o_proj.bias": sd[src + "attn.proj.bias"],
-            dst + "layernorm_before.weight": sd[src + "norm1.weight"],
-            dst + "layernorm_before.bias": sd[src + "norm1.bias"],
-            dst + "layernorm_after.weight": sd[src + "norm2.weight"],
-            dst + "layernorm_after.bias": sd[src + "norm2.bias"],
-            dst + "mlp.fc1.weight": sd[src + "mlp.fc1.weight"], dst + "mlp.fc1.bias": sd[src + "mlp.fc1.bias"],
-            dst + "mlp.fc2.weight": sd[src + "mlp.fc2.weight"], dst + "mlp.fc2.bias": sd[src + "mlp.fc2.bias"],
-        })
-    return out
-
-
 def test_parity_with_transformers_ijepa():
     import transformers  # a test dependency: a missing install must fail, not skip
     torch.manual_seed(0)
+    from openjepa.interop import installed_layout, to_hf_state_dict
     from openjepa.models import vit_encoder
 
     enc = vit_encoder("vit_small", patch_size=16, img_size=64, depth=3).eval()
@@ -196,7 +167,7 @@ def test_parity_with_transformers_ijepa():
     config = transformers.IJepaConfig(hidden_size=384, num_hidden_layers=3, num_attention_heads=6,
                                       intermediate_size=1536, image_size=64, patch_size=16, layer_norm_eps=1e-6)
     hf = transformers.IJepaModel(config).eval()
-    missing, unexpected = hf.load_state_dict(_to_hf(enc), strict=False)
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(enc, installed_layout()), strict=False)
     assert not unexpected and not [k for k in missing if "pooler" not in k]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -1,6 +1,7 @@
 """openjepa: I-JEPA self-supervised pretraining for Vision Transformers."""
 
 from .ijepa import IJEPA, ModelConfig, build_ijepa
+from .interop import load_official
 from .masks import BlockMasks, MaskCollator, MaskConfig, MultiBlockMaskSampler
 from .models import VisionTransformer, VisionTransformerPredictor, vit_encoder
 from .schedules import Schedules
@@ -19,5 +20,6 @@ __all__ = [
     "VisionTransformerPredictor",
     "__version__",
     "build_ijepa",
+    "load_official",
     "vit_encoder",
 ]

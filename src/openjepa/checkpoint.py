@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
-import zipfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -91,24 +92,61 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file inside it")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write that made it did not finish")
-    if path.suffix == ".safetensors":
+    kind = _file_kind(path)
+    if kind == "safetensors" or path.suffix == ".safetensors":
         return _load_safetensors(path, map_location)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
+    if kind not in ("zip", "pickle"):
         raise CheckpointError(
-            f"refusing to load {path}: it holds Python objects other than tensors and plain containers, and "
-            f"unpickling those can run arbitrary code. openjepa loads checkpoints with weights_only=True only. "
-            f"(torch said: {str(exc).splitlines()[0]})"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+            f"{path} is not a PyTorch checkpoint: {kind}. Pass the .pth / .pth.tar / .pt / .safetensors file"
+        )
+    try:
+        with warnings.catch_warnings():  # torch's note on the pickle protocol of old files says nothing useful here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(_unsafe_message(path, exc)) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other failure to parse the file is a damaged or foreign file
+        detail = str(exc).splitlines()[0].split(". ")[0] if str(exc) else "no detail"
         raise CheckpointError(
             f"could not read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+            f"({type(exc).__name__}: {detail}). If it was downloaded or copied, do it again"
         ) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict of state dicts")
     return state
+
+
+def _file_kind(path: Path) -> str:
+    """``zip`` (torch.save), ``pickle`` (older torch.save), ``safetensors``, or a description of what it is."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "it is a web page (an HTML error or login page saved instead of the file?)"
+    sample = head.decode("utf-8", errors="replace")
+    if "\ufffd" in sample[:-3] or any(c < " " and c not in "\t\r\n" for c in sample):
+        return "its content is in no format openjepa reads"
+    first_line = sample.strip().splitlines()[0][:40] if sample.strip() else ""
+    return f"it is a text file (it starts with {first_line!r})"
+
+
+def _unsafe_message(path: Path, exc: pickle.UnpicklingError) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f"the Python object {found.group(1)}" if found else "Python objects other than tensors and containers"
+    return (
+        f"refusing to load {path}: it refers to {what}, and unpickling such objects can run arbitrary code. "
+        f"openjepa only loads tensors and plain containers (torch.load with weights_only=True), so nothing in the "
+        f"file was run. If the file comes from a source you trust, re-save its tensors as a plain state dict "
+        f"(torch.save(model.state_dict(), ...)) or as safetensors"
+    )
 
 
 def _load_safetensors(path: Path, map_location) -> dict[str, Any]:

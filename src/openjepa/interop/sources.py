@@ -1,0 +1,67 @@
+"""What can be exported: a checkpoint file (openjepa's or a released one), an IJEPA model or one encoder."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from ..ijepa import IJEPA
+from ..models.vit import VisionTransformer
+from .official import ENCODERS, check_img_size, encoder_from_state, read_checkpoint
+from .provenance import ExportInfo, check_stats, info_from_checkpoint
+
+ExportSource = str | os.PathLike | Mapping[str, Any] | IJEPA | VisionTransformer
+
+
+def encoder_at(encoder: VisionTransformer, img_size: int) -> VisionTransformer:
+    """A copy of ``encoder`` built for ``img_size`` images, its position embeddings resampled bicubically."""
+    check_img_size(img_size, encoder.patch_size)
+    arch = encoder.arch()
+    arch["img_size"] = img_size
+    resized = VisionTransformer(**arch, norm_eps=encoder.norm.eps)
+    weights = dict(encoder.state_dict())
+    weights["pos_embed"] = encoder.pos_embed_for(resized.grid_size)
+    resized.load_state_dict(weights)
+    return resized.eval()
+
+
+def resolve_encoder(
+    source: ExportSource, which: str = "target", img_size: int | None = None, info: ExportInfo | None = None
+) -> tuple[VisionTransformer, ExportInfo]:
+    """The encoder to export and its :class:`ExportInfo`.
+
+    From a checkpoint the info (licence, normalisation, config hash) is read from the file; from a model it is
+    ``info`` (default: openjepa licence, normalisation unknown, with a warning).
+    """
+    if which not in ENCODERS:
+        raise UserError(f"which encoder: choose 'target' or 'context', not {which!r}")
+    if isinstance(source, VisionTransformer):
+        encoder = source
+    elif isinstance(source, IJEPA):
+        encoder = source.target_encoder if which == "target" else source.encoder
+    else:
+        state, origin = read_checkpoint(source)
+        encoder = encoder_from_state(state, origin, which, img_size)
+        if info is None:
+            return encoder, info_from_checkpoint(state, which, encoder.in_chans)
+        img_size = None  # already built at that size
+    if img_size is not None and img_size != encoder.patch_embed.img_size[0]:
+        encoder = encoder_at(encoder, img_size)
+    info = copy.copy(info) if info is not None else ExportInfo(which=which)
+    info.which = which
+    if info.mean is None:
+        warnings.warn("no input normalisation given (info=ExportInfo(mean=..., std=...)); the export records "
+                      "mean/std as null", stacklevel=3)
+    check_stats(info.mean, info.std, encoder.in_chans)
+    return encoder, info
+
+
+def float32_state(encoder: VisionTransformer) -> dict[str, torch.Tensor]:
+    """The encoder's weights as float32 CPU tensors."""
+    return {k: v.detach().float().cpu() for k, v in encoder.state_dict().items()}
