@@ -241,7 +241,8 @@ class MaskCollator:
         first = keys[0]
         masks = self.sampler.sample(first.global_batch, seeded_generator(self.seed, first.epoch, first.step))
         rows = torch.tensor([k.position for k in keys])
-        return BlockMasks(masks.context[rows], masks.targets[:, rows])
+        # index_select, not advanced indexing: the latter took ~30 ms per batch with 2 intra-op threads on a busy CPU
+        return BlockMasks(masks.context.index_select(0, rows), masks.targets.index_select(1, rows))
 
     def __call__(self, samples: list[tuple]) -> MaskedBatch:
         keyed = isinstance(samples[0][-1], SampleKey)

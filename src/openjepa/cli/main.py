@@ -11,7 +11,7 @@ from .. import __version__
 from ..errors import user_error_types
 
 # Modules of openjepa.cli that each register one subcommand through add_parser(subparsers).
-COMMANDS = ("pretrain", "viz", "export", "convert")
+COMMANDS = ("pretrain", "check_data", "viz", "export", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

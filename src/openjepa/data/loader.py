@@ -1,0 +1,158 @@
+"""The pretraining loader and the evaluation datasets of a run's data, model and mask settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import DataError
+from ..ijepa import ModelConfig
+from ..masks import MaskCollator, MaskConfig, MultiBlockMaskSampler
+from ..models.pos_embed import to_2tuple
+from .bad_files import BadFileTracker
+from .base import ImageSource, SubsetSource
+from .config import DataConfig
+from .datasets import EvalDataset, PretrainDataset
+from .sampler import KeyedBatchSampler
+from .sources import build_source, limit_samples
+from .stats import Stats, adapt_stats
+from .transforms import EvalTransform, TrainTransform
+
+MAX_AUTO_WORKERS = 8
+
+
+@dataclass
+class PretrainData:
+    """Everything the trainer needs from the data side of a run."""
+
+    loader: DataLoader  # yields openjepa.masks.MaskedBatch
+    batch_sampler: KeyedBatchSampler
+    dataset: PretrainDataset
+    steps_per_epoch: int
+    bad_files: BadFileTracker
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_workers: int
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Prepare the loader for ``epoch``, starting at batch ``start_step`` (resuming)."""
+        self.batch_sampler.set_epoch(epoch)
+        self.batch_sampler.set_start_step(start_step)
+
+    def bad_file_count(self) -> int:
+        """Distinct unreadable files met so far (in every worker); ``bad_files.summary()`` lists them."""
+        return self.bad_files.count
+
+
+def check_channels(model_cfg: ModelConfig) -> int:
+    if model_cfg.in_chans not in (1, 3):
+        raise DataError(f"model.in_chans={model_cfg.in_chans} is not supported by the image loaders; use 1 (grey) "
+                        f"or 3 (RGB)")
+    return model_cfg.in_chans
+
+
+def normalisation(data_cfg: DataConfig, source: ImageSource, channels: int) -> Stats:
+    """``data.mean``/``data.std`` when set (one value: every channel), else the source's statistics."""
+    if data_cfg.mean is not None:
+        mean, std = tuple(data_cfg.mean), tuple(data_cfg.std)
+        if len(mean) not in (1, channels):
+            raise DataError(f"data.mean/data.std have {len(mean)} values but the model has {channels} input "
+                            f"channel(s); give {channels} values (or 1, used for every channel)")
+        return adapt_stats(mean, std, channels)
+    return adapt_stats(*source.stats, channels)
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def auto_num_workers(source: ImageSource, world_size: int = 1) -> int:
+    """Worker processes for ``data.num_workers=null``.
+
+    In-memory datasets (digits, IDX, CIFAR) load in the main process: a sample costs tens of microseconds there,
+    less than shipping it back from a worker (see benchmarks/data_throughput.py). Files need decoding: one core
+    per rank is left to the training loop, the rest (at most 8) decode.
+    """
+    if source.in_memory:
+        return 0
+    per_rank = max(1, available_cpus() // max(1, world_size))
+    return max(1, min(MAX_AUTO_WORKERS, per_rank - 1))
+
+
+def _patch_grid(model_cfg: ModelConfig) -> tuple[int, int]:
+    height, width = to_2tuple(model_cfg.img_size)
+    p = model_cfg.patch_size
+    if height % p or width % p:
+        raise DataError(f"model.img_size {model_cfg.img_size} is not divisible by model.patch_size {p}")
+    return height // p, width // p
+
+
+def _wants_pinned(data_cfg: DataConfig, device: str | torch.device | None) -> bool:
+    if not data_cfg.pin_memory or not torch.cuda.is_available():
+        return False
+    return device is None or torch.device(device).type == "cuda"
+
+
+def build_pretrain_loader(data_cfg: DataConfig, model_cfg: ModelConfig, mask_cfg: MaskConfig, seed: int,
+                          rank: int = 0, world_size: int = 1, *, bad_file_dir: str | Path | None = None,
+                          device: str | torch.device | None = None) -> PretrainData:
+    """The training data of one rank: keyed batches, deterministic views and masks, bad files replaced.
+
+    ``bad_file_dir``: where unreadable-file records go (e.g. the run folder; default: a temporary folder).
+    ``device``: the training device; memory is pinned only for CUDA (and when ``data.pin_memory``).
+    """
+    channels = check_channels(model_cfg)
+    grid = _patch_grid(model_cfg)
+    source = limit_samples(build_source(data_cfg, "train"), data_cfg.max_samples)
+    global_batch = data_cfg.batch_size * world_size
+    if len(source) < global_batch:
+        raise DataError(
+            f"the {source.name} training split has {len(source)} images, fewer than one global batch "
+            f"(data.batch_size={data_cfg.batch_size} x {world_size} process(es) = {global_batch}); lower "
+            f"data.batch_size to at most {max(1, len(source) // world_size)}"
+            + (" or raise data.max_samples" if data_cfg.max_samples is not None else " or add images")
+        )
+    mean, std = normalisation(data_cfg, source, channels)
+    transform = TrainTransform(model_cfg.img_size, channels, mean, std, data_cfg.crop_scale, data_cfg.crop_ratio,
+                               data_cfg.hflip)
+    tracker = BadFileTracker(bad_file_dir, rank, _folder_of(source))
+    dataset = PretrainDataset(source, transform, seed, tracker)
+    sampler = KeyedBatchSampler(len(source), data_cfg.batch_size, world_size, rank, seed)
+    collate = MaskCollator(MultiBlockMaskSampler(grid, mask_cfg), seed)
+    workers = data_cfg.num_workers if data_cfg.num_workers is not None else auto_num_workers(source, world_size)
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+        persistent_workers=workers > 0,  # safe: epoch and step travel inside the keys, not in worker state
+        pin_memory=_wants_pinned(data_cfg, device),
+        # Worker seeds are drawn from this generator instead of torch's global one, so creating the loader's
+        # iterator leaves the training loop's random stream untouched (resumed runs stay identical).
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return PretrainData(loader, sampler, dataset, len(sampler), tracker, mean, std, workers)
+
+
+def build_eval_dataset(data_cfg: DataConfig, model_cfg: ModelConfig, split: str,
+                       bad_file_dir: str | Path | None = None) -> EvalDataset:
+    """``(image, label)`` samples of ``split`` (``train`` or ``test``) with the deterministic eval transform.
+
+    The normalisation is the training one (the training split's statistics, or ``data.mean``/``data.std``);
+    ``data.max_samples`` is not applied.
+    """
+    channels = check_channels(model_cfg)
+    source = build_source(data_cfg, split)
+    mean, std = normalisation(data_cfg, source, channels)
+    transform = EvalTransform(model_cfg.img_size, channels, mean, std, data_cfg.eval_crop)
+    return EvalDataset(source, transform, BadFileTracker(bad_file_dir, folder=_folder_of(source)))
+
+
+def _folder_of(source: ImageSource) -> Path | None:
+    while isinstance(source, SubsetSource):
+        source = source.source
+    return getattr(source, "root", None)
