@@ -1,0 +1,354 @@
+"""Benchmark of the full I-JEPA training step, optionally against the official implementation.
+
+One step = mask sampling and collation, target forward, context forward, predictor, loss, backward, AdamW step,
+EMA update. After ``--warmup`` steps, ``--repeat`` steps are timed; with ``--official PATH`` the official step runs
+in the same process on the same images, alternating with ours step by step so that both see the same machine
+load. Prints one JSON object: images/s, analytic FLOPs per step (forward + backward of encoder, target and
+predictor), achieved FLOP/s, MFU against the matmul peak measured here, peak step memory, and the ratios.
+
+The two mask samplers differ (openjepa's blocks may touch the last row and column and its context is not
+truncated to a row-major prefix), so they hand the networks different amounts of work. Two ratios are therefore
+reported: ``speedup`` (each implementation with its own collator: what a user sees) and ``speedup_same_masks``
+(the official step fed the very masks our step used: the same FLOPs, so only the implementations differ).
+
+Examples (CPU, fp32)::
+
+    python benchmarks/step.py --preset vit_small --patch 16 --img 224 --batch 16 --pred-dim 384 --pred-depth 6
+    python benchmarks/step.py --preset vit_tiny --patch 4 --img 32 --batch 128 --pred-dim 96 --pred-depth 4 \
+        --min-keep 4 --official ../ijepa
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from openjepa import MaskCollator, MaskConfig, MultiBlockMaskSampler, build_ijepa  # noqa: E402
+from openjepa.models import PRESETS  # noqa: E402
+from openjepa.step import make_optimizer, train_step  # noqa: E402
+
+LR, WD, MOMENTUM = 1e-4, 0.04, 0.996  # any fixed values: they do not change the cost of a step
+
+
+# -- analytic FLOPs --------------------------------------------------------------------------------------------------
+def blocks_flops(num_seqs: int, seq_len: int, dim: int, mlp_ratio: float, depth: int) -> float:
+    """Forward matmul FLOPs (2 per multiply-add) of ``depth`` transformer blocks on ``num_seqs`` sequences."""
+    hidden = int(dim * mlp_ratio)
+    tokens = num_seqs * seq_len
+    linear = 2 * tokens * (3 * dim * dim + dim * dim + 2 * dim * hidden)
+    attention = 2 * 2 * num_seqs * seq_len * seq_len * dim  # q k^T and attn v
+    return depth * (linear + attention)
+
+
+def step_flops(arch: dict, batch: int, context_len: int, target_len: int, num_targets: int) -> dict:
+    """Useful FLOPs of one step: target forward; encoder and predictor forward + backward (backward = 2x forward,
+    except the patch embedding whose input needs no gradient: 1x)."""
+    d, depth, ratio = arch["embed_dim"], arch["depth"], arch["mlp_ratio"]
+    n, patch_in = arch["num_patches"], arch["patch_size"] ** 2 * arch["in_chans"]
+    patch_embed = 2 * batch * n * patch_in * d
+    target = patch_embed + blocks_flops(batch, n, d, ratio, depth)
+    encoder_fwd = blocks_flops(batch, context_len, d, ratio, depth)
+    encoder = patch_embed * 2 + encoder_fwd * 3
+    dp, out = arch["pred_dim"], arch["pred_out"]
+    seqs = num_targets * batch
+    predictor_fwd = (
+        2 * batch * context_len * d * dp
+        + blocks_flops(seqs, context_len + target_len, dp, ratio, arch["pred_depth"])
+        + 2 * seqs * target_len * dp * out
+    )
+    predictor = 3 * predictor_fwd
+    return {"target": target, "encoder": encoder, "predictor": predictor, "total": target + encoder + predictor}
+
+
+# -- machine ---------------------------------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeat: int = 7) -> float:
+    """Best FLOP/s of ``size x size`` matmuls in ``dtype`` (best, not median: the peak is what the hardware can
+    do when nothing else is running)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    inner = 1 if device.type == "cpu" else 20
+    for _ in range(2):
+        torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeat):
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            torch.mm(a, b)
+        synchronize(device)
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return 2 * size**3 / best
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+# -- the two implementations -----------------------------------------------------------------------------------------
+@dataclass
+class Timings:
+    steps: list[float] = field(default_factory=list)
+    masks: list[float] = field(default_factory=list)
+    flops: list[float] = field(default_factory=list)
+    context_len: list[int] = field(default_factory=list)
+    target_len: list[int] = field(default_factory=list)
+    warmup: list[float] = field(default_factory=list)
+
+
+class Ours:
+    def __init__(self, args, device, autocast_dtype):
+        self.model = build_ijepa(
+            arch=args.preset, patch_size=args.patch, img_size=args.img, depth=args.depth,
+            pred_depth=args.pred_depth, pred_emb_dim=args.pred_dim,
+        ).to(device)
+        if args.grad_checkpointing:
+            self.model.encoder.set_grad_checkpointing(True)
+            self.model.predictor.set_grad_checkpointing(True)
+        self.model.train()
+        self.optimizer = make_optimizer(self.model)
+        self.runner = torch.compile(self.model, dynamic=True) if args.compile else self.model
+        sampler = MultiBlockMaskSampler(self.model.encoder.grid_size, MaskConfig(min_keep=args.min_keep))
+        self.collator = MaskCollator(sampler, seed=args.seed)
+        self.device, self.autocast_dtype = device, autocast_dtype
+        self.last_masks = None
+
+    def step(self, samples) -> tuple[float, float, tuple[int, int]]:
+        """Time (s) of the whole step, of mask sampling + collation alone, and the (context, target) lengths."""
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        batch = self.collator(samples)
+        t_masks = time.perf_counter() - t0
+        images = batch.images.to(self.device, non_blocking=True)
+        ctx = batch.context.to(self.device, non_blocking=True)
+        tgt = batch.targets.to(self.device, non_blocking=True)
+        train_step(self.runner, self.optimizer, images, ctx, tgt, LR, WD, MOMENTUM, autocast_dtype=self.autocast_dtype)
+        synchronize(self.device)
+        self.last_masks = (batch.context, batch.targets)
+        return time.perf_counter() - t0, t_masks, (ctx.shape[1], tgt.shape[2])
+
+
+class Official:
+    def __init__(self, args, device, autocast_dtype):
+        from _official import build_official, import_official
+
+        mods = import_official(args.official)
+        mask_kwargs = {"enc_mask_scale": (0.85, 1.0), "pred_mask_scale": (0.15, 0.2), "aspect_ratio": (0.75, 1.5),
+                       "nenc": 1, "npred": 4, "min_keep": args.min_keep, "allow_overlap": False}
+        preset_depth = PRESETS[args.preset].depth
+        depth = args.depth if args.depth not in (None, preset_depth) else None
+        self.setup = build_official(mods, args.preset, args.patch, args.img, args.pred_depth, args.pred_dim,
+                                    mask_kwargs, device, depth=depth)
+        self.device, self.autocast_dtype = device, autocast_dtype
+
+    def step(self, samples, masks=None) -> tuple[float, float, tuple[int, int]]:
+        """As :meth:`Ours.step`; with ``masks`` (ours: context [B,Kc], targets [M,B,Kt]) the official step runs on
+        those masks and the official collator only stacks the images."""
+        from _official import official_collate, official_step
+
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        if masks is None:
+            (imgs, _), masks_enc, masks_pred = official_collate(self.setup, samples)
+        else:
+            imgs = torch.utils.data.default_collate([s[0] for s in samples])
+            masks_enc, masks_pred = [masks[0]], list(masks[1].unbind(0))
+        t_masks = time.perf_counter() - t0
+        imgs = imgs.to(self.device, non_blocking=True)
+        masks_enc = [m.to(self.device, non_blocking=True) for m in masks_enc]
+        masks_pred = [m.to(self.device, non_blocking=True) for m in masks_pred]
+        official_step(self.setup, imgs, masks_enc, masks_pred, LR, WD, MOMENTUM, self.autocast_dtype)
+        synchronize(self.device)
+        return time.perf_counter() - t0, t_masks, (masks_enc[0].shape[1], masks_pred[0].shape[1])
+
+
+# -- measurement -----------------------------------------------------------------------------------------------------
+def make_samples(args) -> list[tuple[torch.Tensor, int]]:
+    g = torch.Generator().manual_seed(args.seed)
+    return [(torch.randn(3, args.img, args.img, generator=g), i % 10) for i in range(args.batch)]
+
+
+def record(t: Timings, result, arch: dict, batch: int, warm: bool) -> None:
+    seconds, mask_s, (kc, kt) = result
+    if warm:
+        t.warmup.append(seconds)
+        return
+    t.steps.append(seconds)
+    t.masks.append(mask_s)
+    t.context_len.append(kc)
+    t.target_len.append(kt)
+    t.flops.append(step_flops(arch, batch, kc, kt, 4)["total"])
+
+
+def summarise(t: Timings, arch: dict, batch: int, peak: float) -> dict:
+    median = statistics.median(t.steps)
+    rates = sorted(f / s for f, s in zip(t.flops, t.steps))
+    achieved = statistics.median(rates)
+    kc, kt = statistics.mean(t.context_len), statistics.mean(t.target_len)
+    return {
+        "step_s_median": median,
+        "step_s": [round(s, 5) for s in t.steps],
+        "warmup_s": [round(s, 5) for s in t.warmup],
+        "images_per_s": batch / median,
+        "mask_ms_median": 1e3 * statistics.median(t.masks),
+        "mask_fraction_of_step": statistics.median(t.masks) / median,
+        "context_len_mean": kc,
+        "target_len_mean": kt,
+        "flops_per_step_at_mean_lengths": step_flops(arch, batch, round(kc), round(kt), 4),
+        "flops_per_step_median": statistics.median(t.flops),
+        "achieved_flops_per_s": achieved,
+        "mfu": achieved / peak,
+    }
+
+
+def arch_of(ours: Ours) -> dict:
+    enc, pred = ours.model.encoder, ours.model.predictor
+    return {"embed_dim": enc.embed_dim, "depth": enc.depth, "mlp_ratio": enc.mlp_ratio, "num_patches":
+            enc.patch_embed.num_patches, "patch_size": enc.patch_size, "in_chans": enc.in_chans,
+            "pred_dim": pred.predictor_embed_dim, "pred_depth": pred.depth, "pred_out": pred.out_dim}
+
+
+def memory_probe(argv: list[str], which: str) -> dict:
+    """Run ``warmup + 1`` steps of one implementation in a fresh process and return its peak memory."""
+    cmd = [sys.executable, __file__, *argv, "--memory-probe", which]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe for {which} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_probe(args, device, autocast_dtype) -> dict:
+    impl = Ours(args, device, autocast_dtype) if args.memory_probe == "ours" else Official(args, device, autocast_dtype)
+    samples = make_samples(args)
+    rss_before = peak_rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(max(1, args.warmup) + 1):
+        impl.step(samples)
+    result = {"peak_rss_bytes": peak_rss_bytes(), "peak_rss_before_first_step_bytes": rss_before}
+    if device.type == "cuda":
+        result["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    autocast_dtype = torch.bfloat16 if dtype_name == "bf16" else None
+    if args.memory_probe:
+        result = run_probe(args, device, autocast_dtype)
+        print(json.dumps(result))
+        return result
+
+    peak = matmul_peak(device, torch.bfloat16 if dtype_name == "bf16" else torch.float32, args.peak_size)
+    ours = Ours(args, device, autocast_dtype)
+    official = Official(args, device, autocast_dtype) if args.official else None
+    arch = arch_of(ours)
+    samples = make_samples(args)
+    t_ours, t_off, t_same = Timings(), Timings(), Timings()
+    for i in range(args.warmup + args.repeat):
+        warm = i < args.warmup
+        record(t_ours, ours.step(samples), arch, args.batch, warm)
+        if official is not None:
+            record(t_off, official.step(samples), arch, args.batch, warm)
+            if args.same_masks:
+                record(t_same, official.step(samples, ours.last_masks), arch, args.batch, warm)
+
+    result = {
+        "benchmark": "train_step",
+        "config": {k: v for k, v in vars(args).items() if k not in ("official", "memory_probe")},
+        "dtype": dtype_name,
+        "machine": machine_info(device),
+        "matmul_peak_flops_per_s": peak,
+        "ours": summarise(t_ours, arch, args.batch, peak),
+    }
+    if official is not None:
+        result["official"] = summarise(t_off, arch, args.batch, peak)
+        result["speedup"] = result["ours"]["images_per_s"] / result["official"]["images_per_s"]
+        if args.same_masks:
+            result["official_same_masks"] = summarise(t_same, arch, args.batch, peak)
+            paired = [o / s for s, o in zip(t_ours.steps, t_same.steps)]
+            result["speedup_same_masks"] = statistics.median(paired)
+    if args.memory:
+        result["ours"]["memory"] = memory_probe(argv, "ours")
+        if official is not None:
+            result["official"]["memory"] = memory_probe(argv, "official")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="vit_small", help="encoder preset (vit_tiny, vit_small, vit_base, ...)")
+    p.add_argument("--patch", type=int, default=16, help="patch size")
+    p.add_argument("--img", type=int, default=224, help="image side in pixels")
+    p.add_argument("--depth", type=int, default=None, help="encoder depth (default: the preset's)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--pred-dim", type=int, default=384, help="predictor width")
+    p.add_argument("--pred-depth", type=int, default=6, help="predictor depth")
+    p.add_argument("--min-keep", type=int, default=10, help="mask min_keep, for both samplers")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--repeat", type=int, default=5, help="timed steps (the median is reported)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
+                   help="fp32, or bf16 autocast (default: fp32 on CPU, bf16 on GPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model (the warm-up shows its cost)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in our backward")
+    p.add_argument("--official", default=None, help="path of a facebookresearch/ijepa checkout to compare with")
+    p.add_argument("--no-same-masks", dest="same_masks", action="store_false",
+                   help="skip the official step on our masks (saves a third of the time)")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the peak-memory probes (each runs warmup+1 steps in a fresh process)")
+    p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmuls that measure the peak")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-probe", choices=["ours", "official"], default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main()
