@@ -61,11 +61,30 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+        return self.attend(self.qkv(x))
+
+    def attend(self, qkv: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """Attention from the ``qkv`` projections ``[B, N, 3D]`` of a sequence.
+
+        With ``num_queries``, only the last ``num_queries`` tokens are queried (they still attend to all ``N``):
+        the output is ``[B, num_queries, D]``, exactly those rows of the full output.
+        """
+        dim = qkv.shape[-1] // 3
+        q, k, v = qkv.split(dim, dim=-1)  # views: SDPA reads the strided heads without a copy
+        if num_queries is not None:
+            q = q[:, q.shape[1] - num_queries :]
+        return self.attention(q, k, v)
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``proj(softmax(q k^T / sqrt(d)) v)`` per head for queries ``[B, Nq, D]`` and keys/values ``[B, N, D]``."""
+        batch, num_queries, dim = q.shape
+        head_dim = dim // self.num_heads
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(-1, (self.num_heads, head_dim)).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
+        return self.proj(out.transpose(1, 2).reshape(batch, num_queries, dim))
 
 
 class Block(nn.Module):
@@ -89,7 +108,27 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
+        return self.feed_forward(x)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The second half of the block: ``x + mlp(norm2(x))``."""
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_last(self, x: torch.Tensor, num_queries: int) -> torch.Tensor:
+        """The block's output for the last ``num_queries`` tokens only, ``[B, num_queries, D]``.
+
+        Those tokens still attend to every token, so this equals ``forward(x)[:, -num_queries:]``; the queries,
+        projection and MLP of the other tokens, whose outputs would be thrown away, are never computed.
+        """
+        dim = x.shape[-1]
+        h = self.norm1(x)
+        weight, bias = self.attn.qkv.weight, self.attn.qkv.bias
+        kv = F.linear(h, weight[dim:], None if bias is None else bias[dim:])
+        tail = h[:, h.shape[1] - num_queries :]
+        q = F.linear(tail, weight[:dim], None if bias is None else bias[:dim])
+        k, v = kv.split(dim, dim=-1)
+        x = x[:, x.shape[1] - num_queries :] + self.drop_path(self.attn.attention(q, k, v))
+        return self.feed_forward(x)
 
 
 class PatchEmbed(nn.Module):

@@ -112,11 +112,42 @@ class VisionTransformerPredictor(nn.Module):
         pos = resample_pos_embed(self.predictor_pos_embed, grid_size or self.grid_size, self.grid_size)
         x = self.predictor_embed(context) + gather_tokens(pos.expand(batch, -1, -1), context_idx)
         queries = self.mask_token + pos[0][target_idx.reshape(num_blocks * batch, num_targets)]
-        x = torch.cat([x.repeat(num_blocks, 1, 1), queries], dim=1)
-        for blk in self.predictor_blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        x = self.predictor_norm(x[:, -num_targets:])
-        return self.predictor_proj(x)
+        blocks = list(self.predictor_blocks)
+        if not blocks:
+            return self.predictor_proj(self.predictor_norm(queries))
+        x = self._run(self._first_block, blocks[0], x, queries, num_blocks, len(blocks) == 1)
+        for blk in blocks[1:-1]:
+            x = self._run(blk, x)
+        if len(blocks) > 1:
+            x = self._run(blocks[-1].forward_last, x, num_targets)
+        return self.predictor_proj(self.predictor_norm(x))
+
+    def _run(self, fn, *args):
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    @staticmethod
+    def _first_block(blk: Block, context: torch.Tensor, queries: torch.Tensor, num_blocks: int, last: bool):
+        """The first block on the ``M * B`` sequences ``[context of image b, queries of block m of image b]``.
+
+        The context half of every sequence is the same for the ``M`` blocks of an image until its first attention,
+        so its ``norm1`` and ``qkv`` are computed once per image and broadcast; the result is that of running the
+        block on the concatenated sequences. When it is also the ``last`` block only the queries are output.
+        """
+        batch, num_context, dim = context.shape
+        num_queries = queries.shape[1]
+
+        def per_block(t: torch.Tensor) -> torch.Tensor:  # [B, K, C] -> [M, B, K, C] without a copy
+            return t.unsqueeze(0).expand(num_blocks, -1, -1, -1)
+
+        def joined(ctx: torch.Tensor, qry: torch.Tensor) -> torch.Tensor:  # -> [M*B, Kc + Kt, C]
+            qry = qry.view(num_blocks, batch, num_queries, qry.shape[-1])
+            return torch.cat([per_block(ctx), qry], dim=2).flatten(0, 1)
+
+        qkv = joined(blk.attn.qkv(blk.norm1(context)), blk.attn.qkv(blk.norm1(queries)))
+        if last:
+            x = queries + blk.drop_path(blk.attn.attend(qkv, num_queries))
+        else:
+            x = joined(context, queries) + blk.drop_path(blk.attn.attend(qkv))
+        return blk.feed_forward(x)
