@@ -87,7 +87,8 @@ def fake_fashion_mnist(tmp_path):
 
 
 # -- charts and the run picture -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("lo, hi", [(0, 1), (0.996, 1.0), (1e-6, 1e-3), (3, 12345), (-0.1, 2.3), (2e-5, 9e-5)])
+@pytest.mark.parametrize("lo, hi", [(0, 1), (0.996, 1.0), (1e-6, 1e-3), (3, 12345), (-0.1, 2.3), (2e-5, 9e-5),
+                                    (4.3583e-4, 4.3597e-4)])
 def test_nice_ticks_are_few_round_values_inside_the_range(lo, hi):
     ticks = nice_ticks(lo, hi)
     assert 3 <= len(ticks) <= 6
@@ -103,13 +104,14 @@ def test_nice_ticks_are_few_round_values_inside_the_range(lo, hi):
 def test_format_ticks_uses_suffixes_and_enough_decimals():
     assert format_ticks([0, 5000, 10000]) == ["0", "5k", "10k"]
     assert format_ticks([0.0, 0.25, 0.5]) == ["0.00", "0.25", "0.50"]
-    assert format_ticks([2e-5, 4e-5]) == ["2.0e-5", "4.0e-5"]
+    assert format_ticks([2e-5, 4e-5]) == ["2e-5", "4e-5"]
+    assert format_ticks([4.3585e-4, 4.359e-4]) == ["4.3585e-4", "4.3590e-4"]  # as many digits as the step needs
 
 
 def test_run_picture_has_every_panel_and_needs_no_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # any import of matplotlib now fails
     run_dir = write_run(tmp_path / "run")
-    titles = [title for title, _ in run_panels(read_run(run_dir))]
+    titles = [panel.title for panel in run_panels(read_run(run_dir))]
     assert titles[:4] == ["training loss", "learning rate", "weight decay", "EMA momentum of the target encoder"]
     assert {"probe accuracy", "effective rank (RankMe)", "feature std"} <= set(titles)
     assert len(titles) == 10
@@ -121,10 +123,10 @@ def test_run_picture_has_every_panel_and_needs_no_matplotlib(tmp_path, monkeypat
 
 def test_run_picture_shows_whatever_the_monitor_logged(tmp_path):
     run_dir = write_run(tmp_path / "run", extra_monitor=("probe_loss",))
-    titles = [title for title, _ in run_panels(read_run(run_dir))]
+    titles = [panel.title for panel in run_panels(read_run(run_dir))]
     assert "probe_loss" in titles
     without = write_run(tmp_path / "plain", monitor=False)
-    titles = [title for title, _ in run_panels(read_run(without))]
+    titles = [panel.title for panel in run_panels(read_run(without))]
     assert "probe accuracy" not in titles and len(titles) == 7
     assert render_run(without).size == run_picture_size(7)
 

@@ -32,8 +32,9 @@ class Series:
     markers: bool = False  # draw a dot at every point (sparse series such as evaluations)
 
 
-def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    """About ``target`` round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) within ``[lo, hi]``."""
+def nice_ticks(lo: float, hi: float, target: int = 5, integer: bool = False) -> list[float]:
+    """About ``target`` round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) within ``[lo, hi]``;
+    whole numbers only when ``integer`` (training steps)."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo] if math.isfinite(lo) else []
     raw = (hi - lo) / max(1, target)
@@ -43,6 +44,8 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
         if (hi - lo) / (multiple * magnitude) <= target + 0.5:
             step = multiple * magnitude
             break
+    if integer:
+        step = max(1, round(step)) if step >= 1 else 1
     first = math.ceil(lo / step - 1e-9) * step
     count = int(math.floor((hi - first) / step + 1e-9)) + 1
     return [round(first + i * step, 12) for i in range(max(0, count))]
@@ -63,18 +66,21 @@ def format_ticks(ticks: Sequence[float]) -> list[str]:
     fraction = step * 10**decimals % 1
     if min(fraction, 1 - fraction) > 1e-6:  # steps such as 0.25 need one more digit
         decimals += 1
-    if decimals > 4:
-        return ["0" if t == 0 else f"{t:.1e}".replace("e-0", "e-") for t in ticks]
+    if decimals > 4:  # scientific, with as many mantissa digits as the step needs
+        digits = max(0, math.floor(math.log10(largest)) - math.floor(math.log10(step) + 1e-9))
+        return ["0" if t == 0 else f"{t:.{digits}e}".replace("e-0", "e-") for t in ticks]
     return [f"{t:.{decimals}f}" for t in ticks]
 
 
-def _value_range(series: Sequence[Series]) -> tuple[float, float] | None:
+def _value_range(series: Sequence[Series], from_zero: bool = False) -> tuple[float, float] | None:
     finite = [s.y[np.isfinite(s.y)] for s in series]
     finite = [v for v in finite if v.size]
     if not finite:
         return None
     lo = float(min(v.min() for v in finite))
     hi = float(max(v.max() for v in finite))
+    if from_zero and lo >= 0:
+        return 0.0, hi * 1.06 if hi > 0 else 1.0
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):  # a constant: give it some room around its value
         pad = abs(hi) * 0.05 or 1.0
         return lo - pad, hi + pad
@@ -110,18 +116,24 @@ def draw_chart(
     series: Sequence[Series],
     title: str,
     xlabel: str = "step",
+    x_range: tuple[float, float] | None = None,
+    from_zero: bool = False,
 ) -> None:
-    """A line chart of ``series`` inside ``box``; shows "no data" when nothing is finite."""
+    """A line chart of ``series`` inside ``box``; shows "no data" when nothing is finite.
+
+    ``x_range``: a shared horizontal extent (so that panels of one run line up); default: the data's.
+    ``from_zero``: the vertical axis starts at 0 for non-negative data (quantities whose distance from 0
+    matters, such as accuracy or feature spread)."""
     left, top, right, bottom = box
     put_text(draw, (left + 4, top + 4), fit_text(title, right - left - 8), 13, INK)
     labels = [s.label for s in series] if len(series) > 1 else []
-    y_range = _value_range(series)
+    y_range = _value_range(series, from_zero)
     xs = [s.x[np.isfinite(s.x)] for s in series if s.x.size]
     if y_range is None or not any(v.size for v in xs):
         put_text(draw, ((left + right) / 2, (top + bottom) / 2), "no data", SMALL_SIZE, MUTED, "mm")
         return
-    x_lo = float(min(v.min() for v in xs if v.size))
-    x_hi = float(max(v.max() for v in xs if v.size))
+    x_lo = float(min(v.min() for v in xs if v.size)) if x_range is None else float(x_range[0])
+    x_hi = float(max(v.max() for v in xs if v.size)) if x_range is None else float(x_range[1])
     if x_hi <= x_lo:
         x_lo, x_hi = x_lo - 1, x_hi + 1
     y_ticks = nice_ticks(*y_range)
@@ -150,7 +162,7 @@ def _draw_axes(draw, plot: Box, x_range, y_range, y_ticks, y_labels, xlabel: str
         _, y = _to_pixels(plot, x_range, y_range, np.array([x_range[0]]), np.array([value]))
         draw.line([(left, y[0]), (right, y[0])], fill=GRID, width=1)
         put_text(draw, (left - 6, y[0]), label, SMALL_SIZE, MUTED, "rm")
-    x_ticks = nice_ticks(x_range[0], x_range[1], 4)
+    x_ticks = nice_ticks(x_range[0], x_range[1], 4, integer=True)
     for value, label in zip(x_ticks, format_ticks(x_ticks)):
         x, _ = _to_pixels(plot, x_range, y_range, np.array([value]), np.array([y_range[0]]))
         draw.line([(x[0], bottom), (x[0], bottom + 4)], fill=AXIS, width=1)

@@ -112,6 +112,15 @@ def read_run(run_dir: str | os.PathLike) -> RunCurves:
 
 
 # -- panels ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Panel:
+    """One chart of the run picture."""
+
+    title: str
+    series: list[Series]
+    from_zero: bool = False  # the vertical axis starts at 0 (distance from 0 is what matters)
+
+
 def _smoothing_window(n: int) -> int:
     return max(1, min(200, n // 25))
 
@@ -132,8 +141,9 @@ MONITOR_GROUPS = (
 )
 
 
-def _monitor_panels(monitor: dict[str, np.ndarray]) -> list[tuple[str, list[Series]]]:
-    """Accuracy-like columns share a panel, rank-like ones another, anything else gets its own."""
+def _monitor_panels(monitor: dict[str, np.ndarray]) -> list[Panel]:
+    """Accuracy-like columns share a panel, rank-like ones another, anything else gets its own. Accuracy, rank
+    and spread are drawn from 0, where collapse would take them."""
     x = monitor["step"]
     names = [n for n in monitor if n not in ("step", "epoch")]
     panels, used = [], set()
@@ -141,36 +151,38 @@ def _monitor_panels(monitor: dict[str, np.ndarray]) -> list[tuple[str, list[Seri
         members = [n for n in names if n not in used and any(k in n.lower() for k in keys)]
         if members:
             used.update(members)
-            panels.append((title, [Series(x, monitor[n], n, PALETTE[i % len(PALETTE)], markers=True)
-                                   for i, n in enumerate(members)]))
+            panels.append(Panel(title, [Series(x, monitor[n], n, PALETTE[i % len(PALETTE)], markers=True)
+                                        for i, n in enumerate(members)], from_zero=True))
     for name in names:
         if name not in used:
-            panels.append((name, [Series(x, monitor[name], name, PALETTE[0], markers=True)]))
+            panels.append(Panel(name, [Series(x, monitor[name], name, PALETTE[0], markers=True)]))
     return panels
 
 
-def run_panels(curves: RunCurves) -> list[tuple[str, list[Series]]]:
-    """``(title, series)`` for every panel of the run picture, in display order."""
+def run_panels(curves: RunCurves) -> list[Panel]:
+    """Every panel of the run picture, in display order."""
     s = curves.steps
     x = s["step"]
-    panels: list[tuple[str, list[Series]]] = []
+    panels: list[Panel] = []
     if "loss" in s:
-        panels.append(("training loss", _noisy_panel(x, s["loss"], "loss", PALETTE[0])))
+        panels.append(Panel("training loss", _noisy_panel(x, s["loss"], "loss", PALETTE[0])))
     for key, title, colour in (("lr", "learning rate", PALETTE[1]), ("wd", "weight decay", PALETTE[2]),
                                ("momentum", "EMA momentum of the target encoder", PALETTE[3])):
         if key in s:
-            panels.append((title, [Series(x, s[key], key, colour)]))
+            panels.append(Panel(title, [Series(x, s[key], key, colour)]))
     if "images_per_s" in s:
-        panels.append(("throughput (images/s)", _noisy_panel(x, s["images_per_s"], "images/s", PALETTE[4])))
+        panels.append(Panel("throughput (images/s)", _noisy_panel(x, s["images_per_s"], "images/s", PALETTE[4]),
+                            from_zero=True))
     timing = [(k, c) for k, c in (("step_ms", PALETTE[0]), ("data_ms", PALETTE[1])) if k in s]
     if timing:
         window = _smoothing_window(len(x))
-        panels.append((f"time per step (ms{f', mean of {window} steps' if window > 1 else ''})",
-                       [Series(x, smooth(s[k], window), k.replace("_ms", ""), c) for k, c in timing]))
+        panels.append(Panel(f"time per step (ms{f', mean of {window} steps' if window > 1 else ''})",
+                            [Series(x, smooth(s[k], window), k.replace("_ms", ""), c) for k, c in timing],
+                            from_zero=True))
     masks = [(k, c) for k, c in (("context_len", PALETTE[0]), ("target_len", PALETTE[1])) if k in s]
     if masks:
-        panels.append(("mask sizes (patches per image / block)",
-                       [Series(x, s[k], k.replace("_len", ""), c, width=1) for k, c in masks]))
+        panels.append(Panel("mask sizes (patches per image / block)",
+                            [Series(x, s[k], k.replace("_len", ""), c, width=1) for k, c in masks], from_zero=True))
     if curves.monitor:
         panels.extend(_monitor_panels(curves.monitor))
     return panels
@@ -213,11 +225,14 @@ def render_run(run: str | os.PathLike | RunCurves) -> Image.Image:
     title, facts = _header_lines(curves)
     put_text(draw, (MARGIN, MARGIN), fit_text(title, width - 2 * MARGIN, TITLE_SIZE), TITLE_SIZE)
     put_text(draw, (MARGIN, MARGIN + 24), fit_text(facts, width - 2 * MARGIN, SMALL_SIZE), SMALL_SIZE, MUTED)
-    for i, (panel_title, series) in enumerate(panels):
+    steps = curves.steps["step"][np.isfinite(curves.steps["step"])]
+    x_range = (float(steps.min()), float(steps.max()))  # every panel spans the whole run, so that they line up
+    for i, panel in enumerate(panels):
         row, col = divmod(i, COLUMNS)
         left = MARGIN + col * PANEL_SIZE[0]
         top = HEADER + row * PANEL_SIZE[1]
-        draw_chart(draw, (left, top, left + PANEL_SIZE[0] - 8, top + PANEL_SIZE[1] - 8), series, panel_title)
+        draw_chart(draw, (left, top, left + PANEL_SIZE[0] - 8, top + PANEL_SIZE[1] - 8), panel.series, panel.title,
+                   x_range=x_range if x_range[1] > x_range[0] else None, from_zero=panel.from_zero)
     return image
 
 
