@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +17,22 @@ from ..checkpoint import CheckpointError
 from ..config import RunConfig
 from ..errors import UserError
 from ..ijepa import IJEPA, build_ijepa
+from ..masks import MultiBlockMaskSampler, seeded_generator
+from ..models.pos_embed import to_2tuple
 from ..schedules import Schedules
 from ..step import NonFiniteLossError, make_optimizer, train_step
 from .metrics import RunLog
 from .runtime import Runtime, all_reduce_mean, any_process, barrier
 from .signals import StopRequest
-from .state import LATEST, Position, restore_training_state, save_training_state, training_state
+from .state import (
+    LATEST, RUN_CONFIG, Position, restore_training_state, save_run_config, save_training_state, training_state,
+)
+
+PREFLIGHT_MASK_BATCHES = 4  # masks drawn for the first batches before training, to catch impossible settings
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or infinite and the skip budget is spent."""
+    """The loss (beyond the train.skip_nonfinite budget) or the weights became NaN or infinite."""
 
 
 @dataclass
@@ -40,7 +47,7 @@ class PretrainResult:
 
 
 def prepare_run_dir(run_dir: Path, resume: Path | None, overwrite: bool, runtime: Runtime) -> None:
-    """Refuse to silently mix two runs in one folder."""
+    """Refuse to silently mix two runs in one folder; clear what an earlier, abandoned attempt left behind."""
     latest = run_dir / LATEST
     if resume is None and latest.exists() and not overwrite:
         raise UserError(
@@ -52,8 +59,62 @@ def prepare_run_dir(run_dir: Path, resume: Path | None, overwrite: bool, runtime
             for old in run_dir.glob("jepa-*.pth.tar"):
                 old.unlink()
             shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        if resume is None:  # a fresh start: files met by an earlier attempt may not even be in this dataset
+            from ..data.bad_files import PATTERN as UNREADABLE_RECORDS
+
+            for old in run_dir.glob(UNREADABLE_RECORDS):
+                old.unlink()
+        remove_unfinished_checkpoints(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     barrier(runtime)
+
+
+def remove_unfinished_checkpoints(run_dir: Path) -> None:
+    """Delete the temporary files of checkpoint (and config) writes that a killed process never finished.
+
+    Both are written as ``.NAME.XXXX.tmp`` and then renamed; a SIGKILL or power loss mid-write leaves the
+    temporary file (the file it was replacing is intact). Without this they would pile up, one per crash.
+    """
+    stray = sorted([*run_dir.glob(".jepa-*.pth.tar.*.tmp"), *run_dir.glob(f".{RUN_CONFIG}.*.tmp")])
+    for path in stray:
+        path.unlink(missing_ok=True)
+    if stray:
+        print(f"openjepa: removed {len(stray)} unfinished checkpoint file(s) left in {run_dir} by an interrupted "
+              f"save; the finished checkpoints are untouched", flush=True)
+
+
+def check_settings(config: RunConfig, world_size: int) -> None:
+    """Settings that would only fail once training runs (first batch, first forward), checked before anything
+    is built or written: the patch grid, the model's shapes, and whether the masks can be drawn at all."""
+    m = config.model
+    height, width = to_2tuple(m.img_size)
+    if m.patch_size < 1:
+        raise UserError(f"model.patch_size must be a positive number of pixels, got {m.patch_size}")
+    if height % m.patch_size or width % m.patch_size or height < m.patch_size or width < m.patch_size:
+        below = max(m.patch_size, height // m.patch_size * m.patch_size)
+        above = (height // m.patch_size + 1) * m.patch_size
+        near = f"{below} or {above}" if below != above and below < height else f"{above}"
+        raise UserError(
+            f"model.img_size={m.img_size} is not a multiple of model.patch_size={m.patch_size}, so the images "
+            f"cannot be cut into whole patches; use e.g. model.img_size={near}, or a patch size that divides "
+            f"{m.img_size}"
+        )
+    grid = (height // m.patch_size, width // m.patch_size)
+    sampler = MultiBlockMaskSampler(grid, config.mask)  # raises MaskSamplingError for impossible settings
+    global_batch = config.data.batch_size * world_size
+    for step in range(PREFLIGHT_MASK_BATCHES):  # the first batches' own masks: a failure now is a failure later
+        sampler.sample(global_batch, seeded_generator(config.train.seed, 0, step))
+
+
+def _build_model(config: RunConfig) -> IJEPA:
+    try:
+        return build_ijepa(config.model)
+    except (ValueError, TypeError) as exc:  # e.g. a width that the number of heads does not divide
+        raise UserError(
+            f"the model settings do not describe a buildable network: {exc}. Check model.embed_dim, "
+            f"model.num_heads, model.pred_emb_dim and model.pred_num_heads (each width must be divisible by its "
+            f"number of heads)"
+        ) from exc
 
 
 class Trainer:
@@ -67,6 +128,7 @@ class Trainer:
         self.run_dir = Path(config.train.out_dir)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
+        check_settings(config, runtime.world_size)
         prepare_run_dir(self.run_dir, resume, overwrite, runtime)
         torch.manual_seed(config.train.seed)  # the same initial weights on every process
         self.data = build_pretrain_loader(
@@ -74,7 +136,7 @@ class Trainer:
             bad_file_dir=self.run_dir, device=runtime.device,
         )
         self.steps_per_epoch = self.data.steps_per_epoch
-        self.model: IJEPA = build_ijepa(config.model).to(runtime.device)
+        self.model: IJEPA = _build_model(config).to(runtime.device)
         if config.train.grad_checkpointing:
             self.model.encoder.set_grad_checkpointing(True)
             self.model.predictor.set_grad_checkpointing(True)
@@ -96,9 +158,10 @@ class Trainer:
             else None
         )
         if runtime.is_main:
-            config.save(self.run_dir / "config.yaml")
+            save_run_config(config, self.run_dir)
         self.monitor = self._build_monitor() if runtime.is_main else None
         self.skipped_batches = 0
+        self.saved_step: int | None = self.position.global_step if resume is not None else None
 
     # -- construction helpers --------------------------------------------------------------------------------------
     def _schedules(self) -> Schedules:
@@ -130,7 +193,7 @@ class Trainer:
             return None
         from .monitoring import RunMonitor
 
-        return RunMonitor(self.cfg, self.rt.device)
+        return RunMonitor(self.cfg, self.rt.device, self.run_dir)
 
     # -- the loop ----------------------------------------------------------------------------------------------------
     def run(self) -> PretrainResult:
@@ -142,16 +205,20 @@ class Trainer:
         started = time.monotonic()
         stop = StopRequest()
         last_loss, reason = math.nan, "completed"
-        with stop:
-            while self.position.epoch < cfg.optim.epochs:
-                last_loss, reason = self._run_epoch(bar, stop, started, last_loss)
-                if reason != "completed":
-                    break
-                self.position = Position(self.position.epoch + 1, 0, self.position.global_step)
-                self._end_of_epoch(last_loss)
-        bar.close()
-        if reason != "completed":
-            self._save(last_loss, keep=False)
+        try:
+            with stop:
+                while self.position.epoch < cfg.optim.epochs:
+                    last_loss, reason = self._run_epoch(bar, stop, started, last_loss)
+                    if reason != "completed":
+                        break
+                    self.position = Position(self.position.epoch + 1, 0, self.position.global_step)
+                    self._end_of_epoch(last_loss)
+            if reason != "completed":
+                self._save(last_loss, keep=False)
+        finally:  # also when the run stops on an error: which files were skipped is worth knowing then too
+            bar.close()
+            error = sys.exc_info()[1]
+            self._report_bad_files(already_shown=str(error) if error is not None else "")
         result = PretrainResult(self.run_dir, self.position, last_loss, reason, stop.signal,
                                 bad_files=self.data.bad_file_count())
         if reason == "completed":
@@ -194,18 +261,24 @@ class Trainer:
 
     def _non_finite(self, exc: NonFiniteLossError) -> None:
         self.skipped_batches += 1
-        step, epoch = self.position.global_step, self.position.epoch
+        step, epoch = self.position.global_step + 1, self.position.epoch  # numbered from 1, as in metrics.csv
         if self.skipped_batches <= self.cfg.train.skip_nonfinite:
-            tqdm.write(f"warning: {exc} at step {step}; batch skipped "
-                       f"({self.skipped_batches}/{self.cfg.train.skip_nonfinite} allowed by train.skip_nonfinite)")
+            if self.rt.is_main:
+                tqdm.write(f"warning: {exc} at step {step}; batch skipped, weights untouched ({self.skipped_batches}"
+                           f"/{self.cfg.train.skip_nonfinite} allowed by train.skip_nonfinite)")
             return None
-        latest = self.run_dir / LATEST
-        last_good = f"the last good checkpoint is {latest}" if latest.exists() else "no checkpoint was saved yet"
         raise TrainingDiverged(
-            f"training diverged: {exc} at step {step} (epoch {epoch + 1}); nothing was saved from this step and "
-            f"{last_good}. Lower optim.lr, set optim.grad_clip (e.g. 1.0), or allow skipping a few bad batches "
-            f"with train.skip_nonfinite=N, then resume with --resume"
+            f"training diverged: {exc} at step {step} (epoch {epoch + 1}); the step was not applied and nothing "
+            f"was saved from it: {self._last_good()}. Lower optim.lr, set optim.grad_clip (e.g. 1.0), or allow "
+            f"skipping a few bad batches with train.skip_nonfinite=N, then continue with "
+            f"`openjepa pretrain --resume {self.run_dir}`"
         )
+
+    def _last_good(self) -> str:
+        latest = self.run_dir / LATEST
+        if self.saved_step is not None and latest.exists():
+            return f"the last good checkpoint is {latest} (step {self.saved_step})"
+        return f"the last good checkpoint is {latest}" if latest.exists() else "no checkpoint was saved yet"
 
     def _log_step(self, bar, batch, loss: float, step_ms: float, data_ms: float) -> None:
         if not self.rt.is_main:
@@ -242,15 +315,42 @@ class Trainer:
             self._monitor()
 
     def _save(self, loss: float, keep: bool) -> None:
+        """Write the checkpoint (process 0); every process stops together if that fails.
+
+        A failed write (full disk, lost mount...) stops the run rather than letting it go on for hours with no
+        safe copy of its progress; the previous checkpoint is intact, so ``--resume`` continues from it.
+        """
+        error: Exception | None = None
         if self.rt.is_main:
-            state = training_state(self.model, self.optimizer, self.scaler, self.position, loss,
-                                   self.cfg.data.batch_size, self.rt.world_size, self.cfg.to_dict())
             try:
-                save_training_state(state, self.run_dir, self.position.epoch if keep else None)
-            except CheckpointError as exc:
-                tqdm.write(f"warning: {exc}")
-                raise
-        barrier(self.rt)
+                self._write_checkpoint(loss, keep)
+            except (CheckpointError, TrainingDiverged) as exc:
+                error = exc
+        if any_process(error is not None, self.rt):  # also the barrier that keeps the processes in step
+            raise error or UserError(f"stopping at step {self.position.global_step}: process 0 could not save "
+                                     f"the checkpoint (its message says why)")
+
+    def _write_checkpoint(self, loss: float, keep: bool) -> None:
+        step = self.position.global_step
+        bad = _first_non_finite(self.model)
+        if bad is not None:  # a NaN/inf update slipped past a finite loss: never let it replace a good checkpoint
+            raise TrainingDiverged(
+                f"training diverged: the weights hold NaN or inf values after step {step} (first: {bad}), so no "
+                f"checkpoint was written and {self._last_good()}. Lower optim.lr or set optim.grad_clip (e.g. "
+                f"1.0), then continue with `openjepa pretrain --resume {self.run_dir}`"
+            )
+        state = training_state(self.model, self.optimizer, self.scaler, self.position, loss,
+                               self.cfg.data.batch_size, self.rt.world_size, self.cfg.to_dict())
+        try:
+            save_training_state(state, self.run_dir, self.position.epoch if keep else None)
+        except CheckpointError as exc:
+            redo = (f"`openjepa pretrain --resume {self.run_dir}` continues from step {self.saved_step}"
+                    if self.saved_step is not None else "the run has to start again")
+            raise CheckpointError(
+                f"{exc}. Training stopped at step {step} instead of going on without a safe copy of its progress; "
+                f"free some space (or choose another train.out_dir), then {redo}"
+            ) from exc
+        self.saved_step = step
 
     def _monitor(self) -> None:
         if self.monitor is not None:
@@ -271,6 +371,14 @@ class Trainer:
         barrier(self.rt)
         return line
 
+    def _report_bad_files(self, already_shown: str = "") -> None:
+        """Print the list of unreadable files met by any process, once, at the end of the run (unless the error
+        that ends the run already carries it)."""
+        if self.rt.is_main:
+            summary = self.data.bad_files.summary()
+            if summary and summary not in already_shown:
+                print(summary, flush=True)
+
     def _print_header(self, total_steps: int) -> None:
         if not self.rt.is_main:
             return
@@ -287,3 +395,13 @@ class Trainer:
             + (f"; resuming at step {self.position.global_step}" if self.position.global_step else ""),
             flush=True,
         )
+
+
+def _first_non_finite(model: IJEPA) -> str | None:
+    """The name of the first parameter holding a NaN or inf, or None when every weight is finite."""
+    for prefix, module in (("encoder", model.encoder), ("predictor", model.predictor),
+                           ("target_encoder", model.target_encoder)):
+        for name, param in module.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                return f"{prefix}.{name}"
+    return None

@@ -1,0 +1,61 @@
+"""The trainer's view of evaluation: the online monitor between epochs and the final probe at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from ..config import RunConfig
+from ..data import build_eval_dataset
+from ..errors import DataError
+from ..eval.monitor import OnlineMonitor
+from ..eval.report import final_report
+
+
+def has_test_split(cfg: RunConfig) -> bool:
+    """Whether the dataset comes with a held-out split (digits, IDX, CIFAR, a folder with val/ or test/)."""
+    try:
+        build_eval_dataset(cfg.data, cfg.model, "test")
+    except DataError:
+        return False
+    return True
+
+
+def eval_datasets(cfg: RunConfig, run_dir: Path | None = None) -> tuple[Dataset, Dataset]:
+    """Labelled train / test evaluation datasets. Without a test split, the training images are split in two
+    disjoint halves (fixed seed) so that the monitor never scores images it was fitted on."""
+    train = build_eval_dataset(cfg.data, cfg.model, "train", bad_file_dir=run_dir)
+    if has_test_split(cfg):
+        return train, build_eval_dataset(cfg.data, cfg.model, "test", bad_file_dir=run_dir)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.eval.seed)).tolist()
+    half = len(order) // 2
+    return Subset(train, order[:half]), Subset(train, order[half:])
+
+
+class RunMonitor:
+    """Runs :class:`OnlineMonitor` on the target encoder between epochs and the final probe at the end."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device, run_dir: Path | None = None):
+        self.cfg = cfg
+        self.device = device
+        self.train_ds, self.test_ds = eval_datasets(cfg, run_dir)
+        self.online = OnlineMonitor(cfg.eval, self.train_ds, self.test_ds, device)
+
+    def run(self, encoder: torch.nn.Module) -> dict[str, float]:
+        return self.online.run(encoder)
+
+    def describe(self, row: dict) -> str:
+        metrics = {k: v for k, v in row.items() if k not in ("step", "epoch")}
+        line = f"monitor after epoch {row['epoch']}: {self.online.describe(metrics)}"
+        if self.online.last_warning:
+            line += f"\nwarning: {self.online.last_warning}"
+        return line
+
+    def final(self, encoder: torch.nn.Module, run_dir: Path) -> str:
+        """Probe the pretrained target encoder and the same architecture at random init; write final.json."""
+        report = final_report(encoder, None, self.train_ds, self.test_ds, self.cfg.eval, self.device)
+        (run_dir / "final.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        return report.line()
