@@ -72,12 +72,26 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, OSError):
+        cause = _os_error(exc)
+        if cause is not None:
             kept = f"the previous checkpoint at {path} is intact" if path.exists() else "no checkpoint was written"
-            raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}; {kept}") from exc
+            raise CheckpointError(f"could not write checkpoint {path}: {cause.strerror or cause}; {kept}") from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write. torch.save reports a write that fails inside its zip writer (a full
+    disk, a lost network mount) as a RuntimeError ("unexpected pos ..."); the OSError is its ``__context__``."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short chain; bounded in case of a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

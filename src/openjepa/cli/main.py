@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import traceback
 
 from .. import __version__
 from ..errors import user_error_types
+
+# A full disk (or quota) is the one OSError a user meets in normal use: it gets a message, not a traceback.
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 # Modules of openjepa.cli that each register one subcommand through add_parser(subparsers).
 COMMANDS = ("pretrain", "check_data", "viz", "export", "convert")
@@ -45,8 +49,32 @@ def main(argv: list[str] | None = None) -> int:
     except user_error_types() as exc:
         if debug:
             traceback.print_exc()
-        print(f"openjepa {args.command}: error: {exc}", file=sys.stderr)
+        print(f"openjepa {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        if debug:
+            traceback.print_exc()
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"openjepa {args.command}: error: {exc.strerror or 'no space left on device'}{where}. Free some "
+              f"space (or raise the quota) or write elsewhere; an interrupted pretraining run continues from its "
+              f"last checkpoint with `openjepa pretrain --resume RUN_DIR`", file=sys.stderr)
+        return 1
+
+
+def user_message(exc: BaseException) -> str:
+    """The message of a user error; for one raised in a DataLoader worker (which torch re-raises with the
+    worker's whole traceback in the message) only the original message, the traceback being noise to a user."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    cls = type(exc)
+    for prefix in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: "):
+        at = text.rfind("\n" + prefix)
+        if at >= 0:
+            return text[at + 1 + len(prefix):].strip()
+    return text
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ trainer can write a checkpoint before exiting. A second Ctrl-C stops at once."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -17,15 +18,24 @@ class StopRequest:
         self.requested = False
         self.signal: int | None = None
         self._previous: dict[int, object] = {}
+        self._owner = os.getpid()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._owner:
+            # A forked DataLoader worker inherits this handler. Ignoring the signal there keeps the worker alive
+            # (Ctrl-C and SLURM signal every process of the job): the main process stops the loop, saves, and
+            # shuts its workers down itself, instead of dying of a "worker exited unexpectedly" error.
+            return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the user insists
         self.requested = True
         self.signal = signum
         name = signal.Signals(signum).name
-        print(f"\nopenjepa: {name} received: finishing this step and saving a checkpoint "
-              f"(Ctrl-C again to stop without saving)", flush=True)
+        try:
+            print(f"\nopenjepa: {name} received: finishing this step and saving a checkpoint "
+                  f"(Ctrl-C again to stop without saving)", flush=True)
+        except (RuntimeError, OSError):  # the signal landed inside another write to stdout, or stdout is gone
+            pass
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -12,7 +14,11 @@ from .. import __version__
 from ..checkpoint import CheckpointError, add_prefix, load_checkpoint, load_weights, save_checkpoint
 from ..ijepa import IJEPA
 
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
 LATEST = "jepa-latest.pth.tar"
+RUN_CONFIG = "config.yaml"
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
@@ -82,6 +88,23 @@ def save_training_state(state: dict[str, Any], run_dir: Path, keep_epoch: int | 
     if keep_epoch is not None:
         save_checkpoint(state, run_dir / epoch_checkpoint_name(keep_epoch))
     return latest
+
+
+def save_run_config(config: RunConfig, run_dir: Path) -> Path:
+    """Write ``config.yaml`` atomically: ``--resume RUN_DIR`` reads it back, and a process killed while writing
+    it must not leave a truncated file that would resume under different (default) settings."""
+    path = run_dir / RUN_CONFIG
+    fd, tmp = tempfile.mkstemp(prefix=f".{RUN_CONFIG}.", suffix=".tmp", dir=run_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(config.to_yaml())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def restore_training_state(
