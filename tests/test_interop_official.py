@@ -221,6 +221,24 @@ def test_one_encoder_without_predictor(trained, tmp_path):
     assert_same_weights(context, model.encoder)
 
 
+def test_models_to_be_loaded_skip_initialisation_when_their_constructor_allows():
+    from torch import nn
+
+    from openjepa.interop.weights import build_for_loading, load_strict
+
+    linear = build_for_loading(lambda: nn.Linear(4, 3))  # nothing reads tensor values: built on meta, no init
+    assert linear.weight.is_meta
+    load_strict(linear, {"weight": torch.ones(3, 4), "bias": torch.zeros(3)}, "test", "memory", assign=True)
+    assert torch.equal(linear(torch.ones(1, 4)), torch.full((1, 3), 4.0))
+
+    class ReadsValues(nn.Linear):
+        def __init__(self):
+            super().__init__(4, 3)
+            self.scale = float(self.weight.detach().abs().max())  # impossible on meta: built normally instead
+
+    assert not build_for_loading(ReadsValues).weight.is_meta
+
+
 def test_cli_convert_official(trained, tmp_path, capsys):
     model, _, _, path = trained
     out = tmp_path / "converted"

@@ -33,7 +33,7 @@ from ..models.vit import VisionTransformer
 from .architecture import block_count, mlp_ratio_for
 from .provenance import ExportInfo, model_card
 from .sources import ExportSource, float32_state, resolve_encoder
-from .weights import load_safetensors, load_strict, read_json, save_safetensors, write_json
+from .weights import build_for_loading, load_safetensors, load_strict, read_json, save_safetensors, write_json
 
 LAYOUTS = ("v5", "v4")
 BLOCK_ROOT = {"v5": "layers.", "v4": "encoder.layer."}
@@ -277,7 +277,7 @@ def load_hf(path: str | os.PathLike) -> VisionTransformer:
         raise CheckpointError(f"{directory} is not a folder: pass the folder holding config.json and the weights")
     arch = arch_from_hf_config(read_json(directory / "config.json", "a transformers model"), str(directory))
     try:
-        encoder = VisionTransformer(**arch)
+        encoder = build_for_loading(lambda: VisionTransformer(**arch))
     except ValueError as exc:
         raise CheckpointError(f"{directory / 'config.json'} describes an invalid model: {exc}") from exc
     load_strict(encoder, from_hf_state_dict(read_hf_weights(directory)), "encoder", str(directory), assign=True)

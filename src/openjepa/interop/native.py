@@ -15,7 +15,7 @@ from ..checkpoint import CheckpointError
 from ..models.vit import VisionTransformer
 from .provenance import ExportInfo
 from .sources import ExportSource, float32_state, resolve_encoder
-from .weights import load_safetensors, load_strict, read_json, save_safetensors, write_json
+from .weights import build_for_loading, load_safetensors, load_strict, read_json, save_safetensors, write_json
 
 FORMAT = "openjepa-encoder"
 FORMAT_VERSION = 1
@@ -90,7 +90,7 @@ def load_exported(path: str | os.PathLike) -> VisionTransformer:
     directory = Path(path)
     config = read_export_config(directory)
     try:
-        encoder = VisionTransformer(**config["architecture"])
+        encoder = build_for_loading(lambda: VisionTransformer(**config["architecture"]))
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{directory / CONFIG} has an invalid architecture: {exc}") from exc
     load_strict(encoder, load_safetensors(directory / WEIGHTS), "encoder", str(directory), assign=True)

@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..ijepa import IJEPA, ModelConfig, build_ijepa
 from ..models.vit import VisionTransformer
 from .architecture import encoder_arch, model_config_from_weights
-from .weights import as_float32, load_strict, with_pos_embed_for
+from .weights import as_float32, build_for_loading, load_strict, with_pos_embed_for
 
 OFFICIAL_LICENSE = "CC-BY-NC-4.0"  # the licence of the released I-JEPA weights
 OPENJEPA_LICENSE = "Apache-2.0"
@@ -141,10 +141,12 @@ def model_from_state(
 ) -> IJEPA:
     """:func:`load_official` for a checkpoint dict already in memory (``origin`` names it in errors)."""
     cfg, states = _config_and_states(state, origin, img_size, num_heads)
-    model = build_ijepa(cfg)
+    model = build_for_loading(lambda: build_ijepa(cfg))
+    target = states["target_encoder"]
+    if any(a is b for a, b in zip(states["encoder"].values(), target.values())):
+        target = {k: v.clone() for k, v in target.items()}  # a file with one encoder: the networks must not share
     load_strict(model.encoder, states["encoder"], "context encoder", origin, assign=True)
-    # copied, not adopted: a file holding one encoder gives both networks the same tensors
-    load_strict(model.target_encoder, states["target_encoder"], "target encoder", origin)
+    load_strict(model.target_encoder, target, "target encoder", origin, assign=True)
     load_strict(model.predictor, states["predictor"], "predictor", origin, assign=True)
     return model
 
@@ -174,7 +176,7 @@ def encoder_from_state(
         check_img_size(img_size, arch["patch_size"])
         arch["img_size"] = img_size
         weights = with_pos_embed_for(weights, "pos_embed", (img_size // arch["patch_size"],) * 2)
-    encoder = VisionTransformer(**arch)
+    encoder = build_for_loading(lambda: VisionTransformer(**arch))
     load_strict(encoder, weights, f"{which} encoder", origin, assign=True)
     return encoder.eval()
 

@@ -36,7 +36,7 @@ from ..models.layers import LAYER_NORM_EPS
 from ..models.vit import PRESETS, VisionTransformer
 from .provenance import ExportInfo, model_card
 from .sources import ExportSource, float32_state, resolve_encoder
-from .weights import load_safetensors, load_strict, read_json, save_safetensors, write_json
+from .weights import build_for_loading, load_safetensors, load_strict, read_json, save_safetensors, write_json
 
 # timm models registered with exactly the I-JEPA encoder's structure (no class token, average pool, per-token
 # final norm), keyed by (preset, patch size, image size). Any other architecture uses GENERIC_NAME: the
@@ -180,7 +180,7 @@ def load_timm(path: str | os.PathLike) -> VisionTransformer:
                               f"encoder (class_token=False, fc_norm=False)")
     arch = {k: args[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
                                  "mlp_ratio", "qkv_bias") if k in args}
-    encoder = VisionTransformer(**arch, norm_eps=LAYER_NORM_EPS)
+    encoder = build_for_loading(lambda: VisionTransformer(**arch, norm_eps=LAYER_NORM_EPS))
     weights_file = directory / "model.safetensors"
     weights = load_safetensors(weights_file) if weights_file.is_file() else load_checkpoint(
         directory / "pytorch_model.bin")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from ..checkpoint import CheckpointError, strip_prefix
 from ..models.pos_embed import GridSize, resample_pos_embed
 
 SHOWN = 4  # mismatched keys listed in an error message
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def _listing(label: str, items: list[str]) -> str:
@@ -52,6 +54,19 @@ def load_strict(
             f"description of the model (its config) and its weights disagree, or the weights belong to another model"
         )
     module.load_state_dict(state_dict, strict=True, assign=assign)
+    if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+        raise CheckpointError(f"the {what} weights in {origin} left some tensors of the model unset")
+
+
+def build_for_loading(factory: Callable[[], ModuleT]) -> ModuleT:
+    """Build a module whose weights are about to be replaced, without spending time initialising them: on the
+    meta device (no memory, no random init; load it with ``assign=True``) when its constructor allows, else
+    normally. For a ViT-H the random initialisation alone takes minutes on a laptop CPU."""
+    try:
+        with torch.device("meta"):
+            return factory()
+    except (NotImplementedError, RuntimeError):  # a constructor that reads tensor values cannot run on meta
+        return factory()
 
 
 def as_float32(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
