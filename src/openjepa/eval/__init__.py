@@ -1,1 +1,45 @@
-"""openjepa.eval"""
+"""Evaluation of frozen I-JEPA representations: feature extraction, linear probe, k-NN, collapse measures, the
+online monitor used during pretraining and the end-of-training report. Protocols: docs/evaluation.md.
+
+>>> from openjepa.eval import load_encoder, extract_features, linear_probe     # doctest: +SKIP
+>>> encoder = load_encoder("runs/digits/jepa-latest.pth.tar")                  # target encoder  # doctest: +SKIP
+>>> result = linear_probe(extract_features(encoder, train_ds), extract_features(encoder, test_ds))  # doctest: +SKIP
+>>> print(result.line())                                                        # doctest: +SKIP
+"""
+
+from .collapse import check_collapse, collapse_warning, feature_std, rankme
+from .config import EvalConfig
+from .features import Features, extract_features, load_features, pool_features, save_features
+from .knn import KnnResult, knn_classify
+from .loading import LoadedEncoder, load_encoder, random_init_like, read_encoder
+from .monitor import OnlineMonitor
+from .probe import LinearClassifier, ProbeResult, linear_probe
+from .report import FinalReport, final_report
+from .subsets import stratified_split, stratified_subset
+
+__all__ = [
+    "EvalConfig",
+    "Features",
+    "FinalReport",
+    "KnnResult",
+    "LinearClassifier",
+    "LoadedEncoder",
+    "OnlineMonitor",
+    "ProbeResult",
+    "check_collapse",
+    "collapse_warning",
+    "extract_features",
+    "feature_std",
+    "final_report",
+    "knn_classify",
+    "linear_probe",
+    "load_encoder",
+    "load_features",
+    "pool_features",
+    "random_init_like",
+    "rankme",
+    "read_encoder",
+    "save_features",
+    "stratified_split",
+    "stratified_subset",
+]
