@@ -78,9 +78,12 @@ def run(args) -> int:
         print(f"stopped at step {result.position.global_step}; checkpoint saved in {result.run_dir}. "
               f"Resume with: openjepa pretrain --resume {result.run_dir}")
         return 128 + (result.signal or signal.SIGINT)
-    if result.stop_reason in ("time_limit", "max_steps"):
-        print(f"stopped at step {result.position.global_step} ({result.stop_reason.replace('_', ' ')}); "
-              f"checkpoint saved in {result.run_dir}")
+    if result.stop_reason == "time_limit":
+        print(f"stopped at step {result.position.global_step} (time limit); checkpoint saved in {result.run_dir}")
+    if result.stop_reason == "max_steps":
+        # --resume RUN_DIR reads the run's config.yaml, which keeps this limit: say how to lift it
+        print(f"stopped at step {result.position.global_step} (max steps); checkpoint saved in {result.run_dir}. "
+              f"To go on: openjepa pretrain --resume {result.run_dir} train.max_steps=null")
     if result.final_line:
         print(result.final_line)
     return 0

@@ -1,12 +1,19 @@
 """SIGTERM / SIGINT (what SLURM and Ctrl-C send) become a request to stop after the current step, so that the
-trainer can write a checkpoint before exiting. A second Ctrl-C stops at once."""
+trainer can write a checkpoint before exiting. A second Ctrl-C stops at once.
+
+Both signals usually reach every process of the job, DataLoader workers included; :func:`shield_workers` makes
+the workers ignore them, so that only the main process reacts and none dies under it before the checkpoint.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 
 class StopRequest:
@@ -47,3 +54,22 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def ignore_stop_signals(worker_id: int, then: Callable[[int], None] | None = None) -> None:
+    """A DataLoader ``worker_init_fn``: ignore SIGTERM and SIGINT in the worker, then run ``then``.
+
+    torch makes its workers die of SIGTERM, and the main process then fails at once with "DataLoader worker ...
+    is killed by signal" -- before it could save. Ignored, the signal is left to the main process, which stops
+    after the step, saves, and shuts the workers down (they also exit by themselves if it dies).
+    """
+    for sig in StopRequest.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if then is not None:
+        then(worker_id)
+
+
+def shield_workers(loader: Any) -> None:
+    """Make the worker processes of a ``torch.utils.data.DataLoader`` ignore stop signals (before it first
+    starts them); a ``worker_init_fn`` it already has still runs."""
+    loader.worker_init_fn = functools.partial(ignore_stop_signals, then=loader.worker_init_fn)

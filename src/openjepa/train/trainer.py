@@ -23,7 +23,7 @@ from ..schedules import Schedules
 from ..step import NonFiniteLossError, make_optimizer, train_step
 from .metrics import RunLog
 from .runtime import Runtime, all_reduce_mean, any_process, barrier
-from .signals import StopRequest
+from .signals import StopRequest, shield_workers
 from .state import (
     LATEST, RUN_CONFIG, Position, restore_training_state, save_run_config, save_training_state, training_state,
 )
@@ -135,6 +135,7 @@ class Trainer:
             config.data, config.model, config.mask, config.train.seed, runtime.rank, runtime.world_size,
             bad_file_dir=self.run_dir, device=runtime.device,
         )
+        shield_workers(self.data.loader)  # stop signals are for this process: workers must outlive them
         self.steps_per_epoch = self.data.steps_per_epoch
         self.model: IJEPA = _build_model(config).to(runtime.device)
         if config.train.grad_checkpointing:
@@ -204,16 +205,18 @@ class Trainer:
                    dynamic_ncols=True, desc="pretrain")
         started = time.monotonic()
         stop = StopRequest()
-        last_loss, reason = math.nan, "completed"
+        last_loss, first_step = math.nan, self.position.global_step
         try:
             with stop:
-                while self.position.epoch < cfg.optim.epochs:
+                # "completed" unless resumed at or past train.max_steps: then stop before stepping beyond it
+                reason = self._should_stop(stop, started) or "completed"
+                while reason == "completed" and self.position.epoch < cfg.optim.epochs:
                     last_loss, reason = self._run_epoch(bar, stop, started, last_loss)
                     if reason != "completed":
                         break
                     self.position = Position(self.position.epoch + 1, 0, self.position.global_step)
                     self._end_of_epoch(last_loss)
-            if reason != "completed":
+            if reason != "completed" and (self.position.global_step > first_step or self.saved_step is None):
                 self._save(last_loss, keep=False)
         finally:  # also when the run stops on an error: which files were skipped is worth knowing then too
             bar.close()
