@@ -71,7 +71,8 @@ def normalisation_of(state: Mapping[str, Any], channels: int) -> tuple[list[floa
         return _imagenet_stats(channels)
     warnings.warn(
         "the checkpoint does not record the input normalisation used in training (data.mean/std unset and no "
-        "'normalization' entry); the export records mean/std as null: set them before using the encoder",
+        "'normalization' entry); the export records mean/std as null (give them with --mean/--std, or "
+        "ExportInfo(mean=..., std=...))",
         stacklevel=3,
     )
     return None, None

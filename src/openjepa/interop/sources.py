@@ -53,11 +53,11 @@ def resolve_encoder(
         img_size = None  # already built at that size
     if img_size is not None and img_size != encoder.patch_embed.img_size[0]:
         encoder = encoder_at(encoder, img_size)
-    info = copy.copy(info) if info is not None else ExportInfo(which=which)
-    info.which = which
-    if info.mean is None:
+    if info is None:
         warnings.warn("no input normalisation given (info=ExportInfo(mean=..., std=...)); the export records "
                       "mean/std as null", stacklevel=3)
+    info = copy.copy(info) if info is not None else ExportInfo(which=which)
+    info.which = which
     check_stats(info.mean, info.std, encoder.in_chans)
     return encoder, info
 
