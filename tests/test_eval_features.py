@@ -151,3 +151,17 @@ def test_embed_cli_reports_bad_output_and_missing_checkpoint(tmp_path, capsys):
 def test_run_config_default_is_valid():
     # the checkpoint records RunConfig().to_dict(); it must read back
     assert from_dict(RunConfig().to_dict()).eval.pool == "mean"
+
+
+def test_embed_cli_needs_data_for_a_checkpoint_without_run_config(tmp_path, capsys):
+    # a released-style file: the three networks and no `config` (width 64: the head count is read as 64/64 = 1)
+    model = build_ijepa(from_dict({"model": {**TINY_MODEL, "embed_dim": 64, "num_heads": 1}}).model)
+    save_checkpoint({"encoder": add_prefix(model.encoder.state_dict()),
+                     "predictor": add_prefix(model.predictor.state_dict()),
+                     "target_encoder": add_prefix(model.target_encoder.state_dict()), "epoch": 1},
+                    tmp_path / "released.pth.tar")
+    args = ["embed", "--checkpoint", str(tmp_path / "released.pth.tar"), "--out", str(tmp_path / "f.npz")]
+    assert main(args) == 1
+    assert "records no run config" in capsys.readouterr().err
+    assert main(args + ["--data", "digits"]) == 0
+    assert load_features(tmp_path / "f.npz").x.shape == (450, 64)
