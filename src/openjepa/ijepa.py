@@ -121,8 +121,9 @@ class IJEPA(nn.Module):
         pooled = h.mean(dim=1)
         if self.target_type == "pixels":
             pixels = patchify(images, self.encoder.patch_size)
-            return gather_tokens(layer_norm_targets(pixels), target_idx), pooled
-        return gather_tokens(layer_norm_targets(h), target_idx), pooled
+            return layer_norm_targets(gather_tokens(pixels, target_idx)), pooled
+        # The normalisation is per token: normalising only the gathered target tokens gives the same values.
+        return layer_norm_targets(gather_tokens(h, target_idx)), pooled
 
     def predict(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
         """Predictions ``[M*B, Kt, D]`` of the target blocks from the context patches."""
