@@ -96,15 +96,15 @@ def train_step(
     with autocast:
         out = model(images, context_idx, target_idx, return_stats=return_stats)
     loss, stats = out if return_stats else (out, None)
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    # Checked after backward, which touches no weight (nor any scaler state): the step's one host sync (``item``)
+    # then waits for forward and backward together, instead of idling a GPU between them.
     reported = reduce_loss(loss.detach()) if reduce_loss is not None else loss.detach()
     if check_finite and not math.isfinite(reported.item()):
         raise NonFiniteLossError(f"loss is {reported.item()}")
-    optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-    else:
-        loss.backward()
     grad_norm = None
     if grad_clip:
         grad_norm = nn.utils.clip_grad_norm_(unwrap(model).parameters(), grad_clip)
