@@ -18,6 +18,14 @@ from .pos_embed import GridSize, to_2tuple
 LAYER_NORM_EPS = 1e-6
 
 
+def drop_path_rates(final_rate: float, depth: int) -> list[float]:
+    """Stochastic-depth rate of each block, linear from 0 to ``final_rate`` (plain Python, so that models can be
+    built on the meta device without initialising weights that a checkpoint will overwrite)."""
+    if depth <= 1:
+        return [0.0] * depth  # torch.linspace(0, r, 1) is [0.0] too
+    return [final_rate * i / (depth - 1) for i in range(depth)]
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch for a random subset of samples while training."""
 

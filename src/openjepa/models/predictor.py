@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import LAYER_NORM_EPS, Block, gather_tokens, init_transformer_weights
+from .layers import LAYER_NORM_EPS, Block, drop_path_rates, gather_tokens, init_transformer_weights
 from .pos_embed import GridSize, resample_pos_embed, sincos_2d, to_2tuple
 
 
@@ -53,7 +53,7 @@ class VisionTransformerPredictor(nn.Module):
         self.predictor_pos_embed = nn.Parameter(
             sincos_2d(predictor_embed_dim, self.grid_size)[None], requires_grad=False
         )
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
+        rates = drop_path_rates(drop_path_rate, depth)
         self.predictor_blocks = nn.ModuleList(
             Block(predictor_embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i], norm_eps) for i in range(depth)
         )

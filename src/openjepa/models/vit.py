@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import LAYER_NORM_EPS, Block, PatchEmbed, gather_tokens, init_transformer_weights
+from .layers import LAYER_NORM_EPS, Block, drop_path_rates, PatchEmbed, gather_tokens, init_transformer_weights
 from .pos_embed import GridSize, resample_pos_embed, sincos_2d
 
 
@@ -85,7 +85,7 @@ class VisionTransformer(nn.Module):
         # A frozen Parameter rather than a buffer: the released checkpoints (and their optimizer states) count it
         # among the parameters, and keeping it there keeps both layouts interchangeable.
         self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.patch_embed.grid_size)[None], requires_grad=False)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
+        rates = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i], norm_eps) for i in range(depth)
         )

@@ -13,6 +13,7 @@ import torch
 from .. import __version__
 from ..checkpoint import CheckpointError, add_prefix, load_checkpoint, load_weights, save_checkpoint
 from ..ijepa import IJEPA
+from ..interop.official import is_official_checkpoint, load_optimizer_state, official_to_training_state
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -60,10 +61,15 @@ def training_state(
     batch_size: int,
     world_size: int,
     config: dict[str, Any],
+    normalization: dict[str, list[float]] | None = None,
+    provenance: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict: the released layout (``module.``-prefixed state dicts, ``opt``, ``epoch``...) plus
-    openjepa's exact-resume fields."""
+    openjepa's exact-resume fields, the input normalisation the weights were trained with, and (for runs that
+    started from released weights) their ``license`` and ``source``, which exports carry on."""
     return {
+        **(provenance or {}),
+        "normalization": normalization,
         "encoder": add_prefix(model.encoder.state_dict()),
         "predictor": add_prefix(model.predictor.state_dict()),
         "target_encoder": add_prefix(model.target_encoder.state_dict()),
@@ -107,6 +113,11 @@ def save_run_config(config: RunConfig, run_dir: Path) -> Path:
     return path
 
 
+def provenance_of(state: dict[str, Any]) -> dict[str, str]:
+    """``license`` / ``source`` of the weights a run resumed from (released weights keep their licence)."""
+    return {k: state[k] for k in ("license", "source") if state.get(k)}
+
+
 def restore_training_state(
     path: Path,
     model: IJEPA,
@@ -122,14 +133,13 @@ def restore_training_state(
     for key in ("encoder", "predictor", "target_encoder"):
         if key not in state:
             raise CheckpointError(f"{path} is not an I-JEPA training checkpoint: it has no '{key}' entry")
+    if is_official_checkpoint(state):  # released weights: shape-checked optimizer state, resampled positions
+        state = official_to_training_state(state, img_size=model.encoder.patch_embed.img_size[0])
     load_weights(model.encoder, state["encoder"], "context encoder")
     load_weights(model.predictor, state["predictor"], "predictor")
     load_weights(model.target_encoder, state["target_encoder"], "target encoder")
     if state.get("opt") is not None:
-        try:
-            optimizer.load_state_dict(state["opt"])
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"the optimizer state in {path} does not fit this model: {exc}") from exc
+        load_optimizer_state(optimizer, state["opt"], str(path))
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     _set_rng_state(state.get("rng"))

@@ -25,7 +25,8 @@ from .metrics import RunLog
 from .runtime import Runtime, all_reduce_mean, any_process, barrier
 from .signals import StopRequest, shield_workers
 from .state import (
-    LATEST, RUN_CONFIG, Position, restore_training_state, save_run_config, save_training_state, training_state,
+    LATEST, RUN_CONFIG, Position, provenance_of, restore_training_state, save_run_config, save_training_state,
+    training_state,
 )
 
 PREFLIGHT_MASK_BATCHES = 4  # masks drawn for the first batches before training, to catch impossible settings
@@ -145,10 +146,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(runtime.device.type) if runtime.use_grad_scaler else None
         self.schedules = self._schedules()
         self.position = Position()
+        self.provenance: dict[str, str] = {}
         if resume is not None:
-            self.position, _ = restore_training_state(
+            self.position, resumed = restore_training_state(
                 resume, self.model, self.optimizer, self.scaler, self.steps_per_epoch
             )
+            self.provenance = provenance_of(resumed)
         else:
             torch.manual_seed(config.train.seed + 1 + runtime.rank)  # drop-path noise differs across processes
         self.net = self._wrap(self.model)
@@ -343,7 +346,8 @@ class Trainer:
                 f"1.0), then continue with `openjepa pretrain --resume {self.run_dir}`"
             )
         state = training_state(self.model, self.optimizer, self.scaler, self.position, loss,
-                               self.cfg.data.batch_size, self.rt.world_size, self.cfg.to_dict())
+                               self.cfg.data.batch_size, self.rt.world_size, self.cfg.to_dict(),
+                               {"mean": list(self.data.mean), "std": list(self.data.std)}, self.provenance)
         try:
             save_training_state(state, self.run_dir, self.position.epoch if keep else None)
         except CheckpointError as exc:
