@@ -102,9 +102,6 @@ class MultiBlockMaskSampler:
                 f"holds at most {largest_context[0] * largest_context[1]} patches, fewer than min_keep="
                 f"{cfg.min_keep}; lower mask.min_keep or use more patches (larger images or smaller patches)"
             )
-        rows = torch.arange(self.height).repeat_interleave(self.width)
-        cols = torch.arange(self.width).repeat(self.height)
-        self._rows, self._cols = rows, cols  # row / column of every patch, row-major
 
     # -- block geometry --------------------------------------------------------------------------------------------
     def _block_shape(self, scale: float, aspect: float) -> tuple[int, int]:
@@ -125,37 +122,39 @@ class MultiBlockMaskSampler:
         context = self._draw_shape(cfg.context_scale, cfg.context_aspect_ratio, g)
         return target, context
 
-    def _corners(self, shape: tuple[int, int], count: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    # The bookkeeping below runs in NumPy on small integer and boolean arrays; the random draws come from the torch
+    # generator (so masks stay a function of its seed). Torch would split these ops over its intra-op threads from
+    # 32k elements on (a 16x16 grid at batch 128), and on a busy CPU each such split can stall for milliseconds.
+    def _corners(self, shape: tuple[int, int], count: int, g: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
         h, w = shape
-        top = torch.randint(0, self.height - h + 1, (count,), generator=g)
-        left = torch.randint(0, self.width - w + 1, (count,), generator=g)
+        top = torch.randint(0, self.height - h + 1, (count,), generator=g).numpy()
+        left = torch.randint(0, self.width - w + 1, (count,), generator=g).numpy()
         return top, left
 
-    def _block_indices(self, shape: tuple[int, int], top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
-        """Row-major patch indices ``[..., h*w]`` of blocks with the given top-left corners."""
+    def _block_indices(self, shape: tuple[int, int], top: np.ndarray, left: np.ndarray) -> np.ndarray:
+        """Row-major patch indices ``[count, h*w]`` of blocks with the given top-left corners."""
         h, w = shape
-        rows = top.unsqueeze(-1) + torch.arange(h)
-        cols = left.unsqueeze(-1) + torch.arange(w)
-        return (rows.unsqueeze(-1) * self.width + cols.unsqueeze(-2)).flatten(-2)
+        rows = top[:, None] + np.arange(h)
+        cols = left[:, None] + np.arange(w)
+        return (rows[:, :, None] * self.width + cols[:, None, :]).reshape(len(top), h * w)
 
-    def _block_cover(self, shape: tuple[int, int], top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    def _block_cover(self, shape: tuple[int, int], top: np.ndarray, left: np.ndarray) -> np.ndarray:
         """Boolean ``[count, N]`` coverage of one block per row."""
         h, w = shape
-        r = self._rows.unsqueeze(0) - top.unsqueeze(1)
-        c = self._cols.unsqueeze(0) - left.unsqueeze(1)
-        return (r >= 0) & (r < h) & (c >= 0) & (c < w)
+        r = np.arange(self.height) - top[:, None]
+        c = np.arange(self.width) - left[:, None]
+        inside = ((r >= 0) & (r < h))[:, :, None] & ((c >= 0) & (c < w))[:, None, :]
+        return inside.reshape(len(top), self.num_patches)
 
     def _draw_rows(self, count, target_shape, context_shape, g):
         """Targets ``[count, M, Kt]`` and the boolean context ``[count, N]`` for ``count`` images."""
         m = self.config.num_targets
         t_top, t_left = self._corners(target_shape, count * m, g)
-        targets = self._block_indices(target_shape, t_top, t_left).view(count, m, -1)
+        targets = self._block_indices(target_shape, t_top, t_left).reshape(count, m, -1)
         c_top, c_left = self._corners(context_shape, count, g)
         context = self._block_cover(context_shape, c_top, c_left)
         if not self.config.allow_overlap:
-            covered = torch.zeros(count, self.num_patches, dtype=torch.bool)
-            covered.scatter_(1, targets.reshape(count, -1), True)
-            context &= ~covered
+            context[np.arange(count)[:, None], targets.reshape(count, -1)] = False
         return targets, context
 
     # -- sampling --------------------------------------------------------------------------------------------------
@@ -166,25 +165,29 @@ class MultiBlockMaskSampler:
         target_shape, context_shape = self.draw_shapes(g)
         targets, context = self._draw_rows(batch_size, target_shape, context_shape, g)
         for attempt in range(cfg.max_tries):
-            bad = (context.sum(1) < cfg.min_keep).nonzero().flatten()
-            if bad.numel() == 0:
+            bad = np.flatnonzero(context.sum(1) < cfg.min_keep)
+            if bad.size == 0:
                 break
             if attempt == cfg.max_tries // 2:  # these block sizes may be the problem: draw new ones for all
                 target_shape, context_shape = self.draw_shapes(g)
                 targets, context = self._draw_rows(batch_size, target_shape, context_shape, g)
                 continue
-            targets[bad], context[bad] = self._draw_rows(bad.numel(), target_shape, context_shape, g)
+            targets[bad], context[bad] = self._draw_rows(bad.size, target_shape, context_shape, g)
         else:
             raise MaskSamplingError(self._infeasible_message())
-        return BlockMasks(self._equalise(context, g), targets.permute(1, 0, 2).contiguous())
+        block_major = np.ascontiguousarray(targets.transpose(1, 0, 2), dtype=np.int64)
+        return BlockMasks(self._equalise(context, g), torch.from_numpy(block_major))
 
-    def _equalise(self, context: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Unbiased subsample of every image's context patches down to the batch minimum, sorted."""
+    def _equalise(self, context: np.ndarray | torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Unbiased subsample of every image's context patches (boolean ``[B, N]``) down to the batch minimum,
+        as sorted indices ``[B, keep]``."""
+        context = np.asarray(context, dtype=bool)
         keep = int(context.sum(1).min())
-        keys = torch.rand(context.shape, generator=g)
-        keys.masked_fill_(~context, 2.0)  # never chosen while a real context patch is left
-        chosen = keys.topk(keep, dim=1, largest=False, sorted=False).indices
-        return chosen.sort(dim=1).values
+        keys = torch.rand(context.shape, generator=g).numpy()
+        keys[~context] = 2.0  # never chosen while a real context patch is left
+        chosen = np.argpartition(keys, keep - 1, axis=1)[:, :keep]
+        chosen.sort(axis=1)
+        return torch.from_numpy(chosen.astype(np.int64, copy=False))
 
     def _infeasible_message(self) -> str:
         cfg = self.config
