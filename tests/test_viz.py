@@ -17,7 +17,7 @@ from openjepa.masks import BlockMasks
 from openjepa.train.metrics import RunLog
 from openjepa.viz.chart import format_ticks, nice_ticks
 from openjepa.viz.draw import PALETTE
-from openjepa.viz.features import feature_picture_layout, patch_pca
+from openjepa.viz.features import feature_picture_layout, patch_pca, positional_share
 from openjepa.viz.masks import mask_picture_layout, overlay_masks, render_masks, target_colour, training_masks
 from openjepa.viz.predictions import build_bank, predict_and_retrieve, prediction_picture_size
 from openjepa.viz.run import read_run, render_run, run_panels, run_picture_size, save_run_plot
@@ -213,6 +213,15 @@ def test_patch_pca_colours_two_kinds_of_patches_apart():
     first = pca.rgb[..., 0]
     assert abs(first[:, :2].mean() - first[:, 2:].mean()) > 0.8
     assert np.array_equal(patch_pca(-features).rgb, pca.rgb)  # colours do not depend on the sign PCA returns
+    assert pca.positional > 0.95  # every image has the same kind at the same place
+
+
+def test_positional_share_tells_position_from_content():
+    g = torch.Generator().manual_seed(0)
+    by_position = torch.randn(1, 4, 4, 32, generator=g).expand(10, 4, 4, 32)
+    by_content = torch.randn(10, 4, 4, 32, generator=g)
+    assert positional_share(by_position + 0.01 * by_content) > 0.99
+    assert positional_share(by_content) < 0.2  # only chance agreement between 10 images
 
 
 def test_features_command_on_digits_and_fashion_mnist(tmp_path, tiny_checkpoint, fake_fashion_mnist):

@@ -185,8 +185,8 @@ def _draw_series(draw, plot: Box, s: Series, x_range, y_range) -> None:
             draw.line([(x, a), (x, b)], fill=band, width=1)
     # Missing values (empty CSV cells) were dropped by _bucket: the line joins the points on either side.
     points = list(zip(px.tolist(), py.tolist()))
-    if len(points) > 1:
-        draw.line(points, fill=s.colour, width=s.width, joint="curve")
+    if len(points) > 1:  # a series drawn as a band keeps its line light too: the band is the message
+        draw.line(points, fill=_lighter(s.colour, 0.45) if s.envelope else s.colour, width=s.width, joint="curve")
     if s.markers or len(points) == 1:
         r = s.width + 1
         for x, y in points:

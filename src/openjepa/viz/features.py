@@ -18,16 +18,28 @@ from .draw import INK, MUTED, SMALL_SIZE, TITLE_SIZE, TileLayout, fit_text, new_
 from .images import display_scale, enlarge
 from .sources import TrainedModel
 
-HEADER = 50
+HEADER = 66
 PAIR_GAP = 4  # between an image and its feature map
 
 
 @dataclass
 class PatchPCA:
-    """Per-image RGB maps ``[N, rows, cols, 3]`` (0..1) and the share of variance of each component."""
+    """Per-image RGB maps ``[N, rows, cols, 3]`` (0..1), the share of variance of each component, and the share
+    of all feature variance that patch position alone explains (over the images given)."""
 
     rgb: np.ndarray
     explained: tuple[float, ...]
+    positional: float
+
+
+def positional_share(features: torch.Tensor) -> float:
+    """Share of the variance of ``[N, rows, cols, D]`` features explained by patch position: 1 - (variance
+    around each position's mean over the N images) / (total variance). Near 1: the features encode where a patch
+    is, not what it shows (typical of an untrained or collapsed encoder)."""
+    x = features.double().flatten(1, 2)  # [N, P, D]
+    total = (x - x.mean((0, 1))).pow(2).mean()
+    within = (x - x.mean(0)).pow(2).mean()
+    return float(1 - within / total) if total > 0 else 1.0
 
 
 @torch.inference_mode()
@@ -68,7 +80,8 @@ def patch_pca(features: torch.Tensor, components: int = 3, clip: float = 0.01) -
         scaled = torch.cat([scaled, torch.full((len(scaled), components - k), 0.5, dtype=scaled.dtype)], 1)
     variance = s**2
     explained = tuple(float(v) for v in (variance[:k] / variance.sum().clamp_min(1e-12)))
-    return PatchPCA(scaled.reshape(n, rows, cols, components).float().numpy(), explained)
+    return PatchPCA(scaled.reshape(n, rows, cols, components).float().numpy(), explained,
+                    positional_share(features) if n > 1 else float("nan"))
 
 
 def feature_picture_layout(count: int, image_px: int, columns: int = 4) -> TileLayout:
@@ -94,9 +107,13 @@ def render_feature_pca(
     width = layout.size[0] - 2 * layout.margin
     put_text(draw, (layout.margin, layout.margin), fit_text(title, width, TITLE_SIZE), TITLE_SIZE, INK)
     shares = ", ".join(f"{100 * e:.0f}%" for e in pca.explained)
-    note = (f"right of each image: its patch features' first {len(pca.explained)} principal components as red, "
-            f"green, blue (one PCA over all {count} images; they explain {shares} of the variance)")
-    put_text(draw, (layout.margin, layout.margin + 24), fit_text(note, width, SMALL_SIZE), SMALL_SIZE, MUTED)
+    notes = (f"right of each image: its patch features' first {len(pca.explained)} principal components as red, "
+             f"green, blue (one PCA over all {count} images; they explain {shares} of the variance)",
+             f"patch position alone explains {100 * pca.positional:.0f}% of the feature variance over these images "
+             f"(near 100%: features say where a patch is, not what it shows)")
+    for i, note in enumerate(notes if count > 1 else notes[:1]):
+        put_text(draw, (layout.margin, layout.margin + 24 + 17 * i), fit_text(note, width, SMALL_SIZE), SMALL_SIZE,
+                 MUTED)
     for i in range(count):
         x, y = layout.origin(i)
         image.paste(enlarge(pixels[i], scale), (x, y))

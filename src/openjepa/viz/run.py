@@ -122,7 +122,9 @@ class Panel:
 
 
 def _smoothing_window(n: int) -> int:
-    return max(1, min(200, n // 25))
+    """Moving-average length for ``n`` steps: none for short runs (every step is visible anyway)."""
+    window = min(200, n // 25)
+    return window if window >= 5 else 1
 
 
 def _noisy_panel(x: np.ndarray, y: np.ndarray, label: str, colour) -> list[Series]:
