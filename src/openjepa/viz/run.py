@@ -197,6 +197,10 @@ def run_picture_size(num_panels: int) -> tuple[int, int]:
     return 2 * MARGIN + COLUMNS * PANEL_SIZE[0], HEADER + rows * PANEL_SIZE[1] + MARGIN
 
 
+def _epochs(count) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}" if count is not None else "? epochs"
+
+
 def _header_lines(curves: RunCurves) -> tuple[str, str]:
     cfg = curves.config
     model, data, optim = cfg.get("model", {}), cfg.get("data", {}), cfg.get("optim", {})
@@ -205,7 +209,7 @@ def _header_lines(curves: RunCurves) -> tuple[str, str]:
     title = f"{curves.name}: step {last_step:,}"
     if model or data:
         title += (f" | {model.get('arch', '?')}/{model.get('patch_size', '?')} at {model.get('img_size', '?')}px"
-                  f" on {data.get('dataset', '?')}, {optim.get('epochs', '?')} epochs planned")
+                  f" on {data.get('dataset', '?')}, {_epochs(optim.get('epochs'))} planned")
     facts = []
     if "loss" in s and np.isfinite(s["loss"]).any():
         loss = s["loss"][np.isfinite(s["loss"])]
