@@ -68,6 +68,7 @@ def test_resume_continues_exactly(tmp_path, stop_at):
     part = tmp_path / "part"
     stopped = pretrain(tiny_config(part, *extra, f"train.max_steps={stop_at}"))
     assert stopped.stop_reason == "max_steps" and stopped.position.global_step == stop_at
+    assert (part / "curves.png").exists()  # drawn at every checkpoint, stops included
     resumed = pretrain(tiny_config(part, *extra), resume=part / "jepa-latest.pth.tar")
     assert resumed.position.global_step == 16
     assert losses(part) == losses(full)  # identical floats, step by step

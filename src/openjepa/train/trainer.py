@@ -221,6 +221,7 @@ class Trainer:
                     self._end_of_epoch(last_loss)
             if reason != "completed" and (self.position.global_step > first_step or self.saved_step is None):
                 self._save(last_loss, keep=False)
+                self._plot()
         finally:  # also when the run stops on an error: which files were skipped is worth knowing then too
             bar.close()
             error = sys.exc_info()[1]
@@ -314,11 +315,21 @@ class Trainer:
     def _end_of_epoch(self, loss: float) -> None:
         t, epoch = self.cfg.train, self.position.epoch
         keep = t.keep_every > 0 and epoch % t.keep_every == 0
-        if epoch % max(1, t.checkpoint_every) == 0 or keep or epoch == self.cfg.optim.epochs:
+        saved = epoch % max(1, t.checkpoint_every) == 0 or keep or epoch == self.cfg.optim.epochs
+        if saved:
             self._save(loss, keep=keep)
         every = self.cfg.eval.online_every
         if every > 0 and (epoch % every == 0 or epoch == self.cfg.optim.epochs):
             self._monitor()
+        if saved:
+            self._plot()  # after the monitor, so that the picture shows this epoch's evaluation too
+
+    def _plot(self) -> None:
+        """Refresh ``curves.png`` (process 0; a picture that cannot be drawn never stops training)."""
+        if self.rt.is_main:
+            from ..viz.run import save_run_plot
+
+            save_run_plot(self.run_dir, self.run_dir / "curves.png")
 
     def _save(self, loss: float, keep: bool) -> None:
         """Write the checkpoint (process 0); every process stops together if that fails.
@@ -370,9 +381,6 @@ class Trainer:
     def _finish(self) -> str | None:
         line = None
         if self.rt.is_main:
-            from ..viz.run import save_run_plot
-
-            save_run_plot(self.run_dir, self.run_dir / "curves.png")
             if self.monitor is not None and self.cfg.eval.final_probe:
                 line = self.monitor.final(self.model.target_encoder, self.run_dir)
         barrier(self.rt)
