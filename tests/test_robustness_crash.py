@@ -12,6 +12,8 @@ import os
 import random
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -289,3 +291,17 @@ def test_resuming_a_run_at_its_step_limit_takes_no_step(tmp_path):
     assert again.stop_reason == "max_steps" and again.position.global_step == 4
     assert (run / "jepa-latest.pth.tar").read_bytes() == saved
     assert [s for s, _ in losses(run)] == [1, 2, 3, 4]
+
+
+def test_shielded_workers_still_let_the_interpreter_exit(tmp_path):
+    """multiprocessing terminates (SIGTERM) and joins the workers still alive at exit: a worker shielded from
+    SIGTERM must then die of it, or the exit would wait forever (e.g. a notebook keeping a trainer alive)."""
+    script = ("from torch.utils.data import DataLoader\n"
+              "from openjepa.train.signals import shield_workers\n"
+              "loader = DataLoader(list(range(8)), num_workers=2, persistent_workers=True)\n"
+              "shield_workers(loader)\n"
+              "next(iter(loader))\n"
+              "print('exiting with live workers', flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(),
+                          timeout=120)
+    assert proc.returncode == 0 and "exiting with live workers" in proc.stdout, proc.stderr

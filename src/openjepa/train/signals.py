@@ -7,7 +7,9 @@ the workers ignore them, so that only the main process reacts and none dies unde
 
 from __future__ import annotations
 
+import atexit
 import functools
+import multiprocessing
 import os
 import signal
 import threading
@@ -56,20 +58,40 @@ class StopRequest:
         self._previous.clear()
 
 
-def ignore_stop_signals(worker_id: int, then: Callable[[int], None] | None = None) -> None:
-    """A DataLoader ``worker_init_fn``: ignore SIGTERM and SIGINT in the worker, then run ``then``.
+def shield_workers(loader: Any) -> Callable[[], None]:
+    """Make the worker processes of a ``torch.utils.data.DataLoader`` outlive stop signals; returns ``release``.
 
     torch makes its workers die of SIGTERM, and the main process then fails at once with "DataLoader worker ...
-    is killed by signal" -- before it could save. Ignored, the signal is left to the main process, which stops
-    after the step, saves, and shuts the workers down (they also exit by themselves if it dies).
+    is killed by signal" -- before it could save. Shielded workers ignore SIGINT, and SIGTERM until
+    ``release()``: the signal is left to the main process, which stops after the step, saves, and shuts the
+    workers down (they also exit by themselves if it dies). After ``release()`` -- call it once the workers are
+    no longer needed; it also runs at interpreter exit -- SIGTERM ends them again, as multiprocessing's
+    ``terminate()`` at exit expects (otherwise a worker still alive then would make the exit wait forever).
+    Call before the loader first starts its workers; a ``worker_init_fn`` it already has still runs.
     """
-    for sig in StopRequest.SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    if not loader.num_workers:
+        return lambda: None
+    context = loader.multiprocessing_context or multiprocessing.get_context()
+    released = context.Event()
+    loader.worker_init_fn = functools.partial(_shielded_worker, released=released, then=loader.worker_init_fn)
+    atexit.register(released.set)  # runs before multiprocessing's own exit hook, which terminates workers
+
+    def release() -> None:
+        released.set()
+        atexit.unregister(released.set)
+
+    return release
+
+
+def _shielded_worker(worker_id: int, released: Any, then: Callable[[int], None] | None = None) -> None:
+    """``worker_init_fn`` of :func:`shield_workers` (module level, so that spawned workers can unpickle it)."""
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if released.is_set():  # the main process is done with us: die of it, as SIGTERM normally does
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_sigterm)
     if then is not None:
         then(worker_id)
-
-
-def shield_workers(loader: Any) -> None:
-    """Make the worker processes of a ``torch.utils.data.DataLoader`` ignore stop signals (before it first
-    starts them); a ``worker_init_fn`` it already has still runs."""
-    loader.worker_init_fn = functools.partial(ignore_stop_signals, then=loader.worker_init_fn)

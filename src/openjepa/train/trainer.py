@@ -136,7 +136,7 @@ class Trainer:
             config.data, config.model, config.mask, config.train.seed, runtime.rank, runtime.world_size,
             bad_file_dir=self.run_dir, device=runtime.device,
         )
-        shield_workers(self.data.loader)  # stop signals are for this process: workers must outlive them
+        self._release_workers = shield_workers(self.data.loader)  # stop signals are for this process only
         self.steps_per_epoch = self.data.steps_per_epoch
         self.model: IJEPA = _build_model(config).to(runtime.device)
         if config.train.grad_checkpointing:
@@ -223,6 +223,7 @@ class Trainer:
                 self._save(last_loss, keep=False)
                 self._plot()
         finally:  # also when the run stops on an error: which files were skipped is worth knowing then too
+            self._release_workers()
             bar.close()
             error = sys.exc_info()[1]
             self._report_bad_files(already_shown=str(error) if error is not None else "")
