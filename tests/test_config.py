@@ -76,3 +76,14 @@ def test_released_recipes_keep_the_published_hyperparameters(name, arch, patch, 
     assert (m.num_targets, m.target_scale, m.target_aspect_ratio, m.context_scale, m.min_keep) == (
         4, (0.15, 0.2), (0.75, 1.5), (0.85, 1.0), 10)
     assert c.model.loss == "smooth_l1" and c.train.precision == "bf16"
+
+
+def test_overrides_may_sit_on_both_sides_of_an_option(monkeypatch):
+    from openjepa.cli import main as cli
+
+    seen = {}
+    monkeypatch.setattr("openjepa.cli.pretrain.run", lambda args: seen.update(vars(args)) or 0)
+    assert cli.main(["pretrain", "optim.lr=1e-3", "--resume", "runs/x", "optim.epochs=3"]) == 0
+    assert seen["overrides"] == ["optim.lr=1e-3", "optim.epochs=3"] and seen["resume"] == "runs/x"
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain", "--resume", "runs/x", "--bogus"])

@@ -110,14 +110,15 @@ def build_pretrain_loader(data_cfg: DataConfig, model_cfg: ModelConfig, mask_cfg
     """
     channels = check_channels(model_cfg)
     grid = _patch_grid(model_cfg)
-    source = limit_samples(build_source(data_cfg, "train"), data_cfg.max_samples)
+    full = build_source(data_cfg, "train")
+    source = limit_samples(full, data_cfg.max_samples)
     global_batch = data_cfg.batch_size * world_size
     if len(source) < global_batch:
         raise DataError(
             f"the {source.name} training split has {len(source)} images, fewer than one global batch "
             f"(data.batch_size={data_cfg.batch_size} x {world_size} process(es) = {global_batch}); lower "
             f"data.batch_size to at most {max(1, len(source) // world_size)}"
-            + (" or raise data.max_samples" if data_cfg.max_samples is not None else " or add images")
+            + (" or raise data.max_samples" if len(source) < len(full) else " or add images")
         )
     mean, std = normalisation(data_cfg, source, channels)
     transform = TrainTransform(model_cfg.img_size, channels, mean, std, data_cfg.crop_scale, data_cfg.crop_ratio,

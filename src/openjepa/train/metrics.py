@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,13 @@ class CsvLog:
         if not fields:
             self.path.unlink()
             return
-        with self.path.open("w", newline="") as f:
+        # Rewritten through a temporary file and a rename: a kill at this moment must not lose the history.
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(kept)
+        os.replace(tmp, self.path)
         self.fields = self.fields or fields
 
     def write(self, row: Mapping[str, Any]) -> None:
