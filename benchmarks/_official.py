@@ -64,6 +64,18 @@ def import_official(path: str | Path) -> OfficialModules:
     return OfficialModules(vit, multiblock, masks_utils.apply_masks, tensors.repeat_interleave_batch)
 
 
+def official_revision(path: str | Path) -> str | None:
+    """The git commit of the checkout, when it is a git work tree (an exported tree has none)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 @dataclass
 class OfficialSetup:
     encoder: torch.nn.Module

@@ -111,4 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from _official import OfficialCheckoutError
+
+    try:
+        main()
+    except OfficialCheckoutError as exc:
+        sys.exit(f"error: {exc}")
