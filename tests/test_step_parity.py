@@ -103,3 +103,45 @@ def test_reference_detects_a_wrong_fast_path(monkeypatch):
         wrong = fast(images, ctx, tgt)
     with pytest.raises(AssertionError):
         torch.testing.assert_close(wrong, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fast_linear_matches_f_linear_forward_and_backward(bias):
+    from openjepa.models import fast_linear
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(3, 9, 40, generator=g)
+    for x0 in (base, base[:, 2:7], base.transpose(0, 1)):  # contiguous, sliced and transposed inputs
+        for out_features in (24, 72):  # weight gradient taken in both orientations
+            w0 = torch.randn(out_features, 40, generator=g)
+            b0 = torch.randn(out_features, generator=g) if bias else None
+            leaves = [t.clone().requires_grad_(True) for t in (x0, w0) + ((b0,) if bias else ())]
+            plain = [t.clone().detach().requires_grad_(True) for t in leaves]
+            fast = fast_linear.linear(*leaves)
+            ref = torch.nn.functional.linear(*plain)
+            torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+            grad = torch.randn(ref.shape, generator=g)
+            fast.backward(grad)
+            ref.backward(grad)
+            for a, b in zip(leaves, plain):
+                torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(fast_linear.linear_gelu(base, w0, b0),
+                                   torch.nn.functional.gelu(torch.nn.functional.linear(base, w0, b0)),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_fast_linear_takes_onednn_exactly_where_it_should(monkeypatch):
+    from openjepa.models import fast_linear
+
+    calls = []
+    real = fast_linear._onednn
+    monkeypatch.setattr(fast_linear, "_onednn", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, w = torch.randn(4, 8), torch.randn(6, 8)
+    fast_linear.linear(x, w)
+    assert len(calls) == (1 if fast_linear.onednn_linear_available() else 0)
+    calls.clear()
+    fast_linear.linear(x.double(), w.double())  # other dtypes: plain F.linear
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast must keep its say
+        out = fast_linear.linear(x, w)
+    assert out.dtype == torch.bfloat16 and not calls

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_linear import linear, linear_gelu
 from .pos_embed import GridSize, to_2tuple
 
 LAYER_NORM_EPS = 1e-6
@@ -54,7 +55,11 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        if isinstance(self.act, nn.GELU) and self.act.approximate == "none":
+            hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias)
+        else:
+            hidden = self.act(linear(x, self.fc1.weight, self.fc1.bias))
+        return linear(hidden, self.fc2.weight, self.fc2.bias)
 
 
 class Attention(nn.Module):
@@ -69,7 +74,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attend(self.qkv(x))
+        return self.attend(linear(x, self.qkv.weight, self.qkv.bias))
 
     def attend(self, qkv: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         """Attention from the ``qkv`` projections ``[B, N, 3D]`` of a sequence.
@@ -92,7 +97,7 @@ class Attention(nn.Module):
             return t.unflatten(-1, (self.num_heads, head_dim)).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
-        return self.proj(out.transpose(1, 2).reshape(batch, num_queries, dim))
+        return linear(out.transpose(1, 2).reshape(batch, num_queries, dim), self.proj.weight, self.proj.bias)
 
 
 class Block(nn.Module):
@@ -131,9 +136,9 @@ class Block(nn.Module):
         dim = x.shape[-1]
         h = self.norm1(x)
         weight, bias = self.attn.qkv.weight, self.attn.qkv.bias
-        kv = F.linear(h, weight[dim:], None if bias is None else bias[dim:])
+        kv = linear(h, weight[dim:], None if bias is None else bias[dim:])
         tail = h[:, h.shape[1] - num_queries :]
-        q = F.linear(tail, weight[:dim], None if bias is None else bias[:dim])
+        q = linear(tail, weight[:dim], None if bias is None else bias[:dim])
         k, v = kv.split(dim, dim=-1)
         x = x[:, x.shape[1] - num_queries :] + self.drop_path(self.attn.attention(q, k, v))
         return self.feed_forward(x)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .fast_linear import linear
 from .layers import LAYER_NORM_EPS, Block, drop_path_rates, gather_tokens, init_transformer_weights
 from .pos_embed import GridSize, resample_pos_embed, sincos_2d, to_2tuple
 
@@ -110,17 +111,18 @@ class VisionTransformerPredictor(nn.Module):
                 f"target_idx {tuple(target_idx.shape)} disagree on batch size or length"
             )
         pos = resample_pos_embed(self.predictor_pos_embed, grid_size or self.grid_size, self.grid_size)
-        x = self.predictor_embed(context) + gather_tokens(pos.expand(batch, -1, -1), context_idx)
+        embed, proj = self.predictor_embed, self.predictor_proj
+        x = linear(context, embed.weight, embed.bias) + gather_tokens(pos.expand(batch, -1, -1), context_idx)
         queries = self.mask_token + pos[0][target_idx.reshape(num_blocks * batch, num_targets)]
         blocks = list(self.predictor_blocks)
         if not blocks:
-            return self.predictor_proj(self.predictor_norm(queries))
+            return linear(self.predictor_norm(queries), proj.weight, proj.bias)
         x = self._run(self._first_block, blocks[0], x, queries, num_blocks, len(blocks) == 1)
         for blk in blocks[1:-1]:
             x = self._run(blk, x)
         if len(blocks) > 1:
             x = self._run(blocks[-1].forward_last, x, num_targets)
-        return self.predictor_proj(self.predictor_norm(x))
+        return linear(self.predictor_norm(x), proj.weight, proj.bias)
 
     def _run(self, fn, *args):
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -145,7 +147,8 @@ class VisionTransformerPredictor(nn.Module):
             qry = qry.view(num_blocks, batch, num_queries, qry.shape[-1])
             return torch.cat([per_block(ctx), qry], dim=2).flatten(0, 1)
 
-        qkv = joined(blk.attn.qkv(blk.norm1(context)), blk.attn.qkv(blk.norm1(queries)))
+        w, b = blk.attn.qkv.weight, blk.attn.qkv.bias
+        qkv = joined(linear(blk.norm1(context), w, b), linear(blk.norm1(queries), w, b))
         if last:
             x = queries + blk.drop_path(blk.attn.attend(qkv, num_queries))
         else:
