@@ -145,3 +145,19 @@ def test_fast_linear_takes_onednn_exactly_where_it_should(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast must keep its say
         out = fast_linear.linear(x, w)
     assert out.dtype == torch.bfloat16 and not calls
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager():
+    """Under torch.compile (where the linear layers fall back to F.linear) the numbers stay those of eager mode."""
+    eager, compiled = make_pair(pred_depth=2)
+    runner = torch.compile(compiled, dynamic=True)
+    for images, ctx, tgt in batches(eager, 2):
+        expected = eager(images, ctx, tgt)
+        got = runner(images, ctx, tgt)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        expected.backward()
+        got.backward()
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")

@@ -4,8 +4,9 @@ PyTorch computes fp32 ``F.linear`` on CPU with MKL, which runs its slower generi
 an AMD EPYC (AVX-512) it reaches about 200 GFLOP/s on two cores where oneDNN, which ships inside PyTorch, reaches
 about 440 (2048x2048 fp32). :func:`linear` sends the forward matmul and both backward matmuls of a layer through
 oneDNN's fp32 kernels (``torch.ops.mkldnn._linear_pointwise``) and falls back to ``F.linear`` everywhere else: on
-GPUs, in other dtypes, under autocast, inside ``torch.compile``, with ``torch.backends.mkldnn`` disabled, or when
-this build of PyTorch lacks the operator or fails a numerical self-check. The results are fp32 matmuls
+GPUs, in other dtypes, under autocast, inside ``torch.compile`` (Inductor makes its own choices there), with
+``torch.backends.mkldnn`` disabled, or when this build of PyTorch lacks the operator or fails a numerical
+self-check. The results are fp32 matmuls
 accumulated in fp32, equal to MKL's to float rounding (no reduced-precision mode is involved).
 
 ``OPENJEPA_ONEDNN_LINEAR=0`` in the environment turns the oneDNN path off.
@@ -53,7 +54,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.dtype == torch.float32
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_compiling()  # Inductor does not lower this op on plain weights; it picks its own
         and onednn_linear_available()
     )
 
@@ -87,20 +88,21 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through oneDNN where that is faster (see the module docstring)."""
     if not _use_onednn(x, weight):
         return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+    if _needs_grad(x, weight, bias):
         return _OneDNNLinear.apply(x, weight, bias)
     return _onednn(x, weight, bias)
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.gelu(F.linear(x, weight, bias))`` (exact GELU); without autograd, one fused oneDNN call."""
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    )
-    if needs_grad or not _use_onednn(x, weight):
+    if _needs_grad(x, weight, bias) or not _use_onednn(x, weight):
         return F.gelu(linear(x, weight, bias))
     return _onednn(x, weight, bias, "gelu")
