@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from openjepa import MaskCollator, MaskConfig, MultiBlockMaskSampler, build_ijepa  # noqa: E402
+from openjepa.cpu_allocator import keep_freed_memory  # noqa: E402
 from openjepa.models import PRESETS, fast_linear  # noqa: E402
 from openjepa.models.fast_linear import onednn_linear_available  # noqa: E402
 from openjepa.step import make_optimizer, train_step  # noqa: E402
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    allocator_tuned = device.type == "cpu" and args.keep_freed_memory and keep_freed_memory()
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     autocast_dtype = torch.bfloat16 if dtype_name == "bf16" else None
     if args.memory_probe:
@@ -333,6 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
         "matmul_peak_flops_per_s": peak,
         "matmul_peaks_by_kernel": peaks,
         "onednn_linear": device.type == "cpu" and onednn_linear_available(),
+        "keep_freed_memory": allocator_tuned,
         "ours": summarise(t_ours, arch, args.batch, peaks),
     }
     if official is not None:
@@ -392,6 +395,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip the official step on our masks (saves a third of the time)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the peak-memory probes (each runs warmup+1 steps in a fresh process)")
+    p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
+                   help="leave glibc's malloc returning freed memory to the system (both implementations are "
+                        "affected alike: they share the process)")
     p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmuls that measure the peak")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-probe", choices=["ours", "official", "official_same_masks"], default=None,
