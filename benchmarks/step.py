@@ -8,16 +8,16 @@ predictor), achieved FLOP/s, MFU against the matmul peak measured here, peak ste
 
 The two mask samplers differ (openjepa's blocks may touch the last row and column, its context block may cover
 the whole grid, and unequal contexts are subsampled rather than cut to a row-major prefix), so with their own
-collators the two networks get different amounts of work: on an 8x8 grid ours keeps about 2.5x the context
+collators the two networks get different amounts of work: on an 8x8 grid ours keeps about 2.7x the context
 patches. Hence two ratios: ``speedup_same_masks`` (the official step fed the very masks our step used, paired
 step by step: identical FLOPs, only the implementations differ) and ``speedup_own_masks`` (each with its own
 collator: what a user sees end to end), with ``flops_ratio_own_masks`` to tell the two apart.
 
-Examples (CPU, fp32)::
+Examples (docs/benchmarks.md has the configurations and results)::
 
-    python benchmarks/step.py --preset vit_small --patch 16 --img 224 --batch 16 --pred-dim 384 --pred-depth 6
-    python benchmarks/step.py --preset vit_tiny --patch 4 --img 32 --batch 128 --pred-dim 96 --pred-depth 4 \
-        --min-keep 4 --official ../ijepa
+    python benchmarks/step.py --setup small224 --official ../ijepa --repeat 5 --warmup 1
+    python benchmarks/step.py --setup tiny32 --official ../ijepa --repeat 7 --warmup 2
+    python benchmarks/step.py --preset vit_base --patch 16 --img 224 --batch 8 --grad-checkpointing
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -129,12 +130,18 @@ def machine_info(device: torch.device) -> dict:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    """Peak resident set size of this process (``VmHWM`` on Linux, ``ru_maxrss`` elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 # -- the two implementations -----------------------------------------------------------------------------------------
@@ -276,13 +283,13 @@ def run_probe(args, device, autocast_dtype) -> dict:
     which = args.memory_probe
     impl = Ours(args, device, autocast_dtype) if which == "ours" else Official(args, device, autocast_dtype)
     samples = make_samples(args)
-    sampler = MaskCollator(MultiBlockMaskSampler(args.img // args.patch, MaskConfig(min_keep=args.min_keep)), args.seed)
+    collator = MaskCollator(MultiBlockMaskSampler(args.img // args.patch, MaskConfig(min_keep=args.min_keep)), args.seed)
     rss_before = peak_rss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(max(1, args.warmup) + 1):
         if which == "official_same_masks":
-            batch = sampler(samples)
+            batch = collator(samples)
             impl.step(samples, (batch.context, batch.targets))
         else:
             impl.step(samples)
@@ -314,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     arch = arch_of(ours)
     samples = make_samples(args)
     t_ours, t_off, t_same = Timings(), Timings(), Timings()
-    for i in range(args.warmup + args.repeat):
+    for i in tqdm(range(args.warmup + args.repeat), desc="steps (warm-up first)", file=sys.stderr):
         warm = i < args.warmup
         record(t_ours, ours.step(samples), arch, args.batch, warm)
         if official is not None:
