@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import CheckpointError
 from ..config import RunConfig
+from ..cpu_allocator import keep_freed_memory
 from ..errors import UserError
 from ..ijepa import IJEPA, build_ijepa
 from ..masks import MultiBlockMaskSampler, seeded_generator
@@ -129,6 +130,8 @@ class Trainer:
         self.run_dir = Path(config.train.out_dir)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
+        if runtime.device.type == "cpu":
+            keep_freed_memory()  # reuse the heap from step to step instead of faulting activations in again
         check_settings(config, runtime.world_size)
         prepare_run_dir(self.run_dir, resume, overwrite, runtime)
         torch.manual_seed(config.train.seed)  # the same initial weights on every process
@@ -189,6 +192,9 @@ class Trainer:
             ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
             net = DistributedDataParallel(model, device_ids=ids)
         if self.cfg.train.compile:
+            if self.rt.device.type == "cpu" and self.rt.is_main:
+                tqdm.write("note: train.compile=true on a CPU: compiled steps measured 0.55-0.6x the speed of eager "
+                           "ones here (eager uses oneDNN linear layers), plus a minute of compilation")
             net = torch.compile(net, dynamic=True)  # context lengths change from batch to batch
         return net
 
