@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import ArraySource
+from .folder import check_folder
 from .safe_pickle import load_restricted
 from .stats import IMAGENET_MEAN, IMAGENET_STD
 
@@ -37,15 +38,8 @@ def _read_batch(path: Path) -> dict[str, Any]:
 def cifar_root(dataset: str, path: str | None) -> Path:
     """The folder holding the batches: ``data.path`` itself or its ``cifar-10-batches-py`` sub-folder."""
     folder, train_files = LAYOUT[dataset][0], LAYOUT[dataset][1]
-    if path is None:
-        raise DataError(f"data.dataset={dataset} needs data.path: the extracted {folder} folder (or its parent) of "
-                        f"the CIFAR 'python version' archive (openjepa never downloads data)")
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise DataError(f"data.path {root} does not exist; point it at the extracted {folder} folder")
-    if not root.is_dir():
-        raise DataError(f"data.path {root} is a file; extract the archive and point data.path at the {folder} "
-                        f"folder")
+    root = check_folder(path, dataset, f"the extracted {folder} folder (or its parent) of the CIFAR 'python "
+                                       f"version' archive (openjepa never downloads data)")
     if not (root / train_files[0]).exists() and (root / folder).is_dir():
         root = root / folder
     return root

@@ -64,18 +64,20 @@ def list_images(root: str | Path) -> FolderListing:
     return listing
 
 
-def check_folder(path: str | Path | None, dataset: str = "folder") -> Path:
-    """``path`` as an existing directory, or a :class:`DataError` saying what is wrong."""
+def check_folder(path: str | Path | None, dataset: str = "folder",
+                 expected: str = "a folder holding your images (e.g. data.path=/data/my_images)") -> Path:
+    """``path`` as an existing directory, or a :class:`DataError` saying what is wrong; ``expected`` describes
+    the folder ``data.dataset`` needs, for the messages."""
     if path is None:
-        raise DataError(f"data.dataset={dataset} needs data.path: the folder holding your images "
-                        f"(e.g. data.path=/data/my_images)")
+        raise DataError(f"data.dataset={dataset} needs data.path: {expected}")
     path = Path(path).expanduser()
     if not path.exists():
-        raise DataError(f"data.path {path} does not exist; check the spelling, or mount/copy the data there")
+        raise DataError(f"data.path {path} does not exist; check the spelling, or mount/copy the data there "
+                        f"(data.dataset={dataset} needs {expected})")
     if not path.is_dir():
         hint = " (an archive: extract it first and point data.path at the extracted folder)" \
             if path.suffix.lower() in (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z") else ""
-        raise DataError(f"data.path {path} is a file, but data.dataset={dataset} expects a folder{hint}")
+        raise DataError(f"data.path {path} is a file, but data.dataset={dataset} expects a folder{hint}: {expected}")
     return path
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import ArraySource
+from .folder import check_folder
 from .stats import Stats, pixel_stats
 
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -135,15 +136,9 @@ def idx_root(dataset: str, path: str | None) -> Path:
                     f"*-ubyte.gz files and pass data.path=FOLDER"
                 )
             return root
-        raise DataError(f"data.dataset={dataset} needs data.path: a folder holding train-images-idx3-ubyte[.gz], "
-                        f"train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] "
-                        f"(openjepa never downloads data)")
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise DataError(f"data.path {root} does not exist; point it at the folder holding the IDX files")
-    if not root.is_dir():
-        raise DataError(f"data.path {root} is a file; point it at the folder holding the IDX files")
-    return root
+    return check_folder(path, dataset, "a folder holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte"
+                        "[.gz], t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] (openjepa never "
+                        "downloads data)")
 
 
 def idx_source(dataset: str, path: str | None, split: str) -> ArraySource:
