@@ -10,7 +10,9 @@ from openjepa.masks import (
     MaskConfig,
     MaskSamplingError,
     MultiBlockMaskSampler,
+    RandomMaskSampler,
     SampleKey,
+    build_mask_sampler,
     seeded_generator,
 )
 
@@ -167,3 +169,71 @@ def test_keyed_rank_slices_recombine_into_the_global_batch():
     rank1 = collate([(torch.zeros(1), 0, SampleKey(0, 2, p, 8)) for p in range(1, 8, 2)])
     assert torch.equal(full.context[0::2], rank0.context) and torch.equal(full.context[1::2], rank1.context)
     assert torch.equal(full.targets[:, 1::2], rank1.targets)
+
+
+# -- random masking (the paper's ablation) -----------------------------------------------------------------------
+def _random_sampler(**kw):
+    return RandomMaskSampler((7, 7), MaskConfig(strategy="random", num_targets=2, min_keep=4, **kw))
+
+
+def test_random_masks_are_disjoint_distinct_sorted_and_in_range():
+    for masks in _draws(_random_sampler(), 100, 16):
+        ctx, tgt = masks.context, masks.targets
+        assert tgt.shape[:2] == (2, 16) and ctx.shape[0] == 16 and ctx.shape[1] >= 4
+        assert int(ctx.min()) >= 0 and int(ctx.max()) < 49 and int(tgt.min()) >= 0 and int(tgt.max()) < 49
+        assert torch.all(ctx[:, 1:] > ctx[:, :-1]) and torch.all(tgt[..., 1:] > tgt[..., :-1])
+        for b in range(16):
+            assert not set(ctx[b].tolist()) & set(tgt[:, b].flatten().tolist())
+
+
+def test_random_masks_take_their_sizes_from_the_multiblock_draw():
+    cfg = MaskConfig(strategy="random", num_targets=2, min_keep=4)
+    random, blocks = RandomMaskSampler((7, 7), cfg), MultiBlockMaskSampler((7, 7), cfg)
+    for seed in range(30):
+        r = random.sample(32, torch.Generator().manual_seed(seed))
+        b = blocks.sample(32, torch.Generator().manual_seed(seed))  # the draw the random sampler starts with
+        assert r.targets.shape == b.targets.shape
+        assert 4 <= r.context.shape[1] <= b.context.shape[1]
+
+
+def test_random_masks_are_scattered_not_blocks():
+    # A 4x4 target block spans 4 rows and 4 columns; 16 random patches of a 16x16 grid almost never fit in that.
+    sampler = RandomMaskSampler((16, 16), MaskConfig(strategy="random", num_targets=1, target_scale=(0.0625, 0.0625),
+                                                     target_aspect_ratio=(1.0, 1.0)))
+    masks = sampler.sample(64, torch.Generator().manual_seed(0))
+    rows = masks.targets[0] // 16
+    assert masks.targets.shape[-1] == 16
+    assert (rows.max(1).values - rows.min(1).values > 3).float().mean() > 0.9
+
+
+def test_random_masks_cover_the_grid_uniformly():
+    counts = torch.zeros(49)
+    for masks in _draws(_random_sampler(), 200, 16):
+        counts += torch.bincount(masks.targets.flatten(), minlength=49)
+    freq = counts / counts.sum()
+    assert torch.allclose(freq, torch.full((49,), 1 / 49), rtol=0.15)
+
+
+def test_random_masks_deterministic_per_seed():
+    a = _draws(_random_sampler(), 3, 8, seed=5)
+    b = _draws(_random_sampler(), 3, 8, seed=5)
+    c = _draws(_random_sampler(), 3, 8, seed=6)
+    for x, y in zip(a, b):
+        assert torch.equal(x.context, y.context) and torch.equal(x.targets, y.targets)
+    assert any(not torch.equal(x.targets, z.targets) for x, z in zip(a, c))
+
+
+def test_random_masks_with_overlap_allowed_may_share_patches():
+    sampler = _random_sampler(allow_overlap=True)
+    shared = 0
+    for masks in _draws(sampler, 20, 16):
+        for b in range(16):
+            shared += len(set(masks.context[b].tolist()) & set(masks.targets[:, b].flatten().tolist()))
+    assert shared > 0
+
+
+def test_build_mask_sampler_picks_the_strategy_and_rejects_unknown_ones():
+    assert isinstance(build_mask_sampler((7, 7), MaskConfig(min_keep=4)), MultiBlockMaskSampler)
+    assert isinstance(build_mask_sampler((7, 7), MaskConfig(strategy="random", min_keep=4)), RandomMaskSampler)
+    with pytest.raises(MaskSamplingError, match="mask.strategy must be one of"):
+        MaskConfig(strategy="blocks")

@@ -2,7 +2,7 @@
 
 from .ijepa import IJEPA, ModelConfig, build_ijepa
 from .interop import load_official
-from .masks import BlockMasks, MaskCollator, MaskConfig, MultiBlockMaskSampler
+from .masks import BlockMasks, MaskCollator, MaskConfig, MultiBlockMaskSampler, RandomMaskSampler, build_mask_sampler
 from .models import VisionTransformer, VisionTransformerPredictor, vit_encoder
 from .schedules import Schedules
 
@@ -15,11 +15,13 @@ __all__ = [
     "MaskConfig",
     "ModelConfig",
     "MultiBlockMaskSampler",
+    "RandomMaskSampler",
     "Schedules",
     "VisionTransformer",
     "VisionTransformerPredictor",
     "__version__",
     "build_ijepa",
+    "build_mask_sampler",
     "load_official",
     "vit_encoder",
 ]

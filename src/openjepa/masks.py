@@ -1,4 +1,5 @@
-"""Multi-block masking for I-JEPA: ``M`` target blocks and one context block with every target patch removed.
+"""Masking for I-JEPA. Multi-block (the method): ``M`` target blocks and one context block with every target
+patch removed. Random (the paper's ablation): the same numbers of patches, scattered over the grid.
 
 The sampler is vectorised over the batch (no Python loop per image or per block) and fixes the released
 sampler's defects:
@@ -31,6 +32,9 @@ class MaskSamplingError(ValueError):
     """The mask settings cannot be satisfied for this grid."""
 
 
+STRATEGIES = ("multiblock", "random")
+
+
 @dataclass(frozen=True)
 class MaskConfig:
     """Multi-block mask settings (defaults: the paper's)."""
@@ -43,6 +47,11 @@ class MaskConfig:
     min_keep: int = 10  # minimum number of context patches left after removing the targets
     allow_overlap: bool = False  # keep target patches in the context (an ablation, not the method)
     max_tries: int = 50  # re-draws of the images whose context is too small before giving up
+    strategy: str = "multiblock"  # multiblock (I-JEPA) or random (scattered patches; the paper's ablation)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise MaskSamplingError(f"mask.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
 
 
 class BlockMasks(NamedTuple):
@@ -199,6 +208,81 @@ class MultiBlockMaskSampler:
         )
 
 
+class RandomMaskSampler:
+    """Random masking, the paper's ablation of multi-block masking: every target is a set of patches drawn at
+    random anywhere on the grid, and the context is drawn at random among the patches that no target covers.
+
+    The sizes come from the multi-block sampler with the same settings, drawn batch by batch from the same
+    generator: each target holds as many patches as that batch's target block (``M`` of them, ``mask.num_targets``)
+    and the context as many as that batch's multi-block context. Scattered targets can cover more of the grid than
+    overlapping blocks; when an image is then left fewer free patches, the batch's context shrinks to what every
+    image has free (never below ``mask.min_keep``; images short of that draw their targets again). So the two
+    strategies feed the networks the same numbers of tokens (the context slightly fewer, on average, with random
+    masking), and differ in where those tokens lie: contiguous blocks or scattered patches.
+
+    >>> masks = RandomMaskSampler((7, 7), num_targets=2, min_keep=4).sample(8, torch.Generator().manual_seed(0))
+    >>> masks.targets.shape[:2]
+    torch.Size([2, 8])
+    """
+
+    def __init__(self, grid_size: int | GridSize, config: MaskConfig | None = None, **overrides: Any):
+        self.blocks = MultiBlockMaskSampler(grid_size, config, **overrides)  # validates the settings
+        self.config = self.blocks.config
+        self.height, self.width, self.num_patches = self.blocks.height, self.blocks.width, self.blocks.num_patches
+
+    def _smallest_keys(self, rows: int, keep: int, allowed: np.ndarray | None, g: torch.Generator) -> np.ndarray:
+        """``keep`` distinct patches per row, uniformly at random among the ``allowed`` ones, sorted ``[rows, keep]``."""
+        keys = torch.rand(rows, self.num_patches, generator=g).numpy()
+        if allowed is not None:
+            keys[~allowed] = 2.0  # never chosen while an allowed patch is left
+        chosen = np.argpartition(keys, keep - 1, axis=1)[:, :keep]
+        chosen.sort(axis=1)
+        return chosen
+
+    def _draw_targets(self, count: int, m: int, kt: int, g: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Targets ``[count, M, Kt]`` and the boolean ``[count, N]`` of patches left for the context."""
+        targets = self._smallest_keys(count * m, kt, None, g).reshape(count, m, kt)
+        free = np.ones((count, self.num_patches), dtype=bool)
+        if not self.config.allow_overlap:
+            free[np.arange(count)[:, None], targets.reshape(count, -1)] = False
+        return targets, free
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> BlockMasks:
+        """Masks for ``batch_size`` images; deterministic for a seeded ``generator``."""
+        g = generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        cfg = self.config
+        sizes = self.blocks.sample(batch_size, g)
+        m, kt, kc = sizes.targets.shape[0], sizes.targets.shape[-1], sizes.context.shape[1]
+        targets, free = self._draw_targets(batch_size, m, kt, g)
+        for _ in range(cfg.max_tries):
+            bad = np.flatnonzero(free.sum(1) < cfg.min_keep)
+            if bad.size == 0:
+                break
+            targets[bad], free[bad] = self._draw_targets(bad.size, m, kt, g)
+        else:
+            raise MaskSamplingError(
+                f"could not leave min_keep={cfg.min_keep} context patches outside {m} random targets of {kt} "
+                f"patches on a {self.height}x{self.width} patch grid after {cfg.max_tries} tries; lower "
+                f"mask.min_keep, mask.num_targets or mask.target_scale"
+            )
+        keep = min(kc, int(free.sum(1).min()))
+        context = self._smallest_keys(batch_size, keep, free, g)
+        block_major = np.ascontiguousarray(targets.transpose(1, 0, 2), dtype=np.int64)
+        return BlockMasks(torch.from_numpy(context.astype(np.int64, copy=False)), torch.from_numpy(block_major))
+
+
+MaskSampler = MultiBlockMaskSampler | RandomMaskSampler
+
+
+def build_mask_sampler(grid_size: int | GridSize, config: MaskConfig | None = None) -> MaskSampler:
+    """The sampler of ``config.strategy`` (``multiblock``: :class:`MultiBlockMaskSampler`, ``random``:
+    :class:`RandomMaskSampler`) for a patch grid."""
+    cfg = config or MaskConfig()
+    if cfg.strategy == "random":
+        return RandomMaskSampler(grid_size, cfg)
+    return MultiBlockMaskSampler(grid_size, cfg)
+
+
 def seeded_generator(*entropy: int) -> torch.Generator:
     """A generator whose stream is a hash of the given integers (e.g. ``seed, epoch, step``)."""
     state = np.random.SeedSequence([int(e) % 2**63 for e in entropy]).generate_state(2, dtype=np.uint64)
@@ -225,7 +309,7 @@ class MaskCollator:
     seed (distinct per worker and per epoch).
     """
 
-    def __init__(self, sampler: MultiBlockMaskSampler, seed: int = 0):
+    def __init__(self, sampler: MaskSampler, seed: int = 0):
         self.sampler = sampler
         self.seed = seed
         self._fallback: torch.Generator | None = None

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import DataError
 from ..ijepa import ModelConfig
-from ..masks import MaskCollator, MaskConfig, MultiBlockMaskSampler
+from ..masks import MaskCollator, MaskConfig, build_mask_sampler
 from ..models.pos_embed import to_2tuple
 from .bad_files import BadFileTracker
 from .base import ImageSource, SubsetSource
@@ -126,7 +126,7 @@ def build_pretrain_loader(data_cfg: DataConfig, model_cfg: ModelConfig, mask_cfg
     tracker = BadFileTracker(bad_file_dir, rank, _folder_of(source))
     dataset = PretrainDataset(source, transform, seed, tracker)
     sampler = KeyedBatchSampler(len(source), data_cfg.batch_size, world_size, rank, seed)
-    collate = MaskCollator(MultiBlockMaskSampler(grid, mask_cfg), seed)
+    collate = MaskCollator(build_mask_sampler(grid, mask_cfg), seed)
     workers = data_cfg.num_workers if data_cfg.num_workers is not None else auto_num_workers(source, world_size)
     loader = DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,

@@ -18,7 +18,7 @@ from ..config import RunConfig
 from ..cpu_allocator import keep_freed_memory
 from ..errors import UserError
 from ..ijepa import IJEPA, build_ijepa
-from ..masks import MultiBlockMaskSampler, seeded_generator
+from ..masks import build_mask_sampler, seeded_generator
 from ..models.pos_embed import to_2tuple
 from ..schedules import Schedules
 from ..step import NonFiniteLossError, make_optimizer, train_step
@@ -102,7 +102,7 @@ def check_settings(config: RunConfig, world_size: int) -> None:
             f"{m.img_size}"
         )
     grid = (height // m.patch_size, width // m.patch_size)
-    sampler = MultiBlockMaskSampler(grid, config.mask)  # raises MaskSamplingError for impossible settings
+    sampler = build_mask_sampler(grid, config.mask)  # raises MaskSamplingError for impossible settings
     global_batch = config.data.batch_size * world_size
     for step in range(PREFLIGHT_MASK_BATCHES):  # the first batches' own masks: a failure now is a failure later
         sampler.sample(global_batch, seeded_generator(config.train.seed, 0, step))

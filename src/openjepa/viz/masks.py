@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..config import RunConfig
-from ..masks import BlockMasks, MaskCollator, MultiBlockMaskSampler, SampleKey
+from ..masks import BlockMasks, MaskCollator, SampleKey, build_mask_sampler
 from .draw import (INK, MUTED, PALETTE, SMALL_SIZE, TITLE_SIZE, TileLayout, draw_legend, fit_text, new_canvas,
                    put_text)
 from .images import PatchGrid, display_scale, enlarge
@@ -32,7 +32,7 @@ def patch_grid_of(config: RunConfig) -> tuple[int, int]:
 def training_masks(config: RunConfig, count: int, epoch: int = 0, step: int = 0, world_size: int = 1) -> BlockMasks:
     """The masks of the first ``count`` images of training step ``step`` of epoch ``epoch`` (both from 0), as the
     training collator draws them for a global batch of ``data.batch_size * world_size`` images."""
-    sampler = MultiBlockMaskSampler(patch_grid_of(config), config.mask)
+    sampler = build_mask_sampler(patch_grid_of(config), config.mask)
     collator = MaskCollator(sampler, seed=config.train.seed)
     global_batch = max(count, config.data.batch_size * world_size)
     keys = [SampleKey(epoch, step, position, global_batch) for position in range(count)]
@@ -114,8 +114,9 @@ def render_masks(
         + f"{config.model.img_size}px images, {config.model.patch_size}px patches: a {grid[0]}x{grid[1]} patch grid",
         f"target scale {list(m.target_scale)}, aspect {list(m.target_aspect_ratio)}; context scale "
         f"{list(m.context_scale)}; min_keep {m.min_keep}",
-        f"this batch: {num_blocks} target blocks of {block[0]}x{block[1]} patches each, {masks.context.shape[1]} "
-        f"context patches per image (of {grid[0] * grid[1]})",
+        (f"this batch: {num_blocks} target blocks of {block[0]}x{block[1]} patches each, " if m.strategy != "random"
+         else f"this batch (random masking): {num_blocks} targets of {masks.targets.shape[-1]} scattered patches each, ")
+        + f"{masks.context.shape[1]} context patches per image (of {grid[0] * grid[1]})",
     )
     for k, line in enumerate(lines):
         put_text(draw, (layout.margin, layout.margin + 24 + 17 * k), fit_text(line, width, SMALL_SIZE), SMALL_SIZE,

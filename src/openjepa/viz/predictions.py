@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..data import DataConfig
 from ..ijepa import IJEPA, layer_norm_targets
-from ..masks import BlockMasks, MultiBlockMaskSampler, seeded_generator
+from ..masks import BlockMasks, build_mask_sampler, seeded_generator
 from .draw import INK, MUTED, SMALL_SIZE, TITLE_SIZE, fit_text, new_canvas, put_text
 from .images import crop_around, display_scale
 from .masks import overlay_masks
@@ -269,7 +269,7 @@ def predictions_picture(trained: TrainedModel, data: DataConfig | None = None, s
     cfg = trained.config
     batch = eval_images(data, cfg, split, queries, seed)
     others = eval_images(data, cfg, split, bank_images, seed, skip=queries)
-    sampler = MultiBlockMaskSampler(patch_grid_of(cfg), cfg.mask)
+    sampler = build_mask_sampler(patch_grid_of(cfg), cfg.mask)
     masks = sampler.sample(len(batch.images), seeded_generator(seed, len(batch.images)))
     bank = build_bank(trained.model, others.images, others.labels, others.pixels)
     results, summary = predict_and_retrieve(trained.model, batch.images, batch.labels, masks, bank, k)
