@@ -34,6 +34,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     loss: str = "smooth_l1"  # smooth_l1 (released recipe) or mse (the paper's text)
     target: str = "features"  # features (I-JEPA) or pixels (the paper's pixel-target ablation)
+    patch_embed_gain: float | None = None  # None: the paper's init; a number: see VisionTransformer (small patches)
 
     def __post_init__(self):
         self.arch = preset_name(self.arch)
@@ -53,6 +54,7 @@ class ModelConfig:
             "num_heads": self.num_heads or preset.num_heads,
             "mlp_ratio": preset.mlp_ratio,
             "drop_path_rate": self.drop_path_rate,
+            "patch_embed_gain": self.patch_embed_gain,
         }
 
     def to_dict(self) -> dict:
@@ -114,16 +116,18 @@ class IJEPA(nn.Module):
 
     # -- the step --------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def compute_targets(self, images: torch.Tensor, target_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_targets(self, images: torch.Tensor, target_idx: torch.Tensor,
+                        pooled: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Target blocks ``[M*B, Kt, D]`` (layer-normed target-encoder features, or normalised pixels) and the
-        pooled target-encoder output ``[B, D]``."""
-        h = self.target_encoder(images)
-        pooled = h.mean(dim=1)
+        pooled target-encoder output ``[B, D]``. With pixel targets and ``pooled=False`` the target encoder is
+        not run at all (its output is needed only for the pooled features): None takes their place."""
         if self.target_type == "pixels":
             pixels = patchify(images, self.encoder.patch_size)
-            return layer_norm_targets(gather_tokens(pixels, target_idx)), pooled
+            mean = self.target_encoder(images).mean(dim=1) if pooled else None
+            return layer_norm_targets(gather_tokens(pixels, target_idx)), mean
+        h = self.target_encoder(images)
         # The normalisation is per token: normalising only the gathered target tokens gives the same values.
-        return layer_norm_targets(gather_tokens(h, target_idx)), pooled
+        return layer_norm_targets(gather_tokens(h, target_idx)), h.mean(dim=1)
 
     def predict(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
         """Predictions ``[M*B, Kt, D]`` of the target blocks from the context patches."""
@@ -147,7 +151,7 @@ class IJEPA(nn.Module):
         """Loss of one batch (and :class:`StepStats` when ``return_stats``)."""
         if target_idx.dim() == 2:
             target_idx = target_idx.unsqueeze(0)
-        targets, pooled = self.compute_targets(images, target_idx)
+        targets, pooled = self.compute_targets(images, target_idx, pooled=return_stats)
         loss = self.criterion(self.predict(images, context_idx, target_idx), targets)
         if not return_stats:
             return loss
