@@ -142,3 +142,27 @@ def test_grad_checkpointing_same_gradients():
     model.set_grad_checkpointing(True)
     model(x).sum().backward()
     assert torch.allclose(ref, model.blocks[0].attn.qkv.weight.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("patch_size,in_chans", [(2, 1), (4, 1), (16, 3)])
+def test_patch_embed_gain_sets_the_patch_embedding_scale_whatever_the_patch(patch_size, in_chans):
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=patch_size * 8, patch_size=patch_size, in_chans=in_chans, embed_dim=192,
+                            depth=1, num_heads=3, patch_embed_gain=0.55)
+    pixels = torch.randn(64, in_chans, patch_size * 8, patch_size * 8)
+    std = vit.patch_embed(pixels).std().item()
+    assert 0.45 < std < 0.6  # trunc-normal at 2 std: a little under the gain
+    paper = VisionTransformer(img_size=patch_size * 8, patch_size=patch_size, in_chans=in_chans, embed_dim=192,
+                              depth=1, num_heads=3)
+    assert paper.patch_embed(pixels).std().item() == pytest.approx(0.02 * (in_chans * patch_size**2) ** 0.5, rel=0.2)
+
+
+def test_random_init_baseline_keeps_the_patch_embed_gain():
+    from openjepa.eval import random_init_like
+
+    vit = VisionTransformer(img_size=16, patch_size=2, in_chans=1, embed_dim=192, depth=1, num_heads=3,
+                            patch_embed_gain=0.55)
+    fresh = random_init_like(vit, seed=1)
+    assert fresh.patch_embed_gain == 0.55
+    assert fresh.patch_embed.proj.weight.std().item() == pytest.approx(vit.patch_embed.proj.weight.std().item(),
+                                                                         rel=0.2)

@@ -84,14 +84,16 @@ def load_encoder(path: str | os.PathLike, which: str = "target") -> VisionTransf
 
 
 def random_init_like(encoder: nn.Module, seed: int = 0) -> VisionTransformer:
-    """A freshly initialised encoder of the same architecture (the "what did pretraining add?" baseline).
+    """A freshly initialised encoder of the same architecture and initialisation (the "what did pretraining add?"
+    baseline: the starting point of training, with another seed).
 
     Seeded on a forked RNG, so the global generator of the caller is left exactly as it was.
     """
     vit = unwrap_encoder(encoder)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fresh = VisionTransformer(**vit.arch(), norm_eps=vit.norm.eps)
+        fresh = VisionTransformer(**vit.arch(), norm_eps=vit.norm.eps,
+                                  patch_embed_gain=getattr(vit, "patch_embed_gain", None))
     device = next(vit.parameters()).device
     return fresh.to(device).eval()
 

@@ -212,3 +212,13 @@ def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     flat = (indices + offsets).reshape(-1)
     out = x.reshape(batch * tokens, dim).index_select(0, flat)
     return out.reshape(-1, indices.shape[-1], dim)
+
+
+def init_fan_in_scaled(layer: nn.Conv2d | nn.Linear, gain: float) -> None:
+    """Truncated-normal weights (at two standard deviations) of std ``gain / sqrt(fan_in)``, zero bias: outputs
+    of std ``gain`` for unit-variance inputs."""
+    fan_in = layer.weight[0].numel()
+    std = gain / math.sqrt(fan_in)
+    nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import LAYER_NORM_EPS, Block, drop_path_rates, PatchEmbed, gather_tokens, init_transformer_weights
+from .layers import (LAYER_NORM_EPS, Block, PatchEmbed, drop_path_rates, gather_tokens, init_fan_in_scaled,
+                     init_transformer_weights)
 from .pos_embed import GridSize, resample_pos_embed, sincos_2d
 
 
@@ -61,6 +62,12 @@ class VisionTransformer(nn.Module):
         qkv_bias: bias in the query/key/value projection.
         drop_path_rate: stochastic-depth rate of the last block (linear from 0).
         init_std: standard deviation of the truncated-normal initialisation.
+        patch_embed_gain: None (the paper's code): the patch embedding is initialised like every other weight,
+            std ``init_std``. A number: its weights get std ``gain / sqrt(fan_in)``, so that unit-variance pixels
+            give patch embeddings of std ``gain`` whatever the patch size and channel count. With std 0.02, a
+            16x16 RGB patch (fan-in 768) gives 0.55, but a 4x4 grey one (fan-in 16) gives 0.08: next to the
+            sin-cos position embedding (std 0.71) the image content is then nearly invisible at the start, and
+            small-patch models can settle on position-only features. The small recipes use 0.55.
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class VisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
         init_std: float = 0.02,
         norm_eps: float = LAYER_NORM_EPS,
+        patch_embed_gain: float | None = None,
     ):
         super().__init__()
         self.num_features = self.embed_dim = embed_dim
@@ -92,6 +100,9 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.grad_checkpointing = False
         init_transformer_weights(self, self.blocks, init_std)
+        self.patch_embed_gain = patch_embed_gain
+        if patch_embed_gain is not None:
+            init_fan_in_scaled(self.patch_embed.proj, patch_embed_gain)
 
     # -- introspection -------------------------------------------------------------------------------------------
     @property
