@@ -130,10 +130,14 @@ def test_final_report_against_random_init():
     assert torch.equal(torch.get_rng_state(), before)
     assert report.trained.n_train == 120 and report.trained.n_test == 80
     assert report.random.top1 > 0.9 and report.trained.top1 < 0.5  # a constant encoder is at chance
-    line = report.line()
-    assert line.startswith("linear probe top-1: I-JEPA target encoder ")
-    assert "| same architecture at random init" in line and line.endswith(" points)") and "(-" in line
+    assert report.random_knn.top1 > 0.75 and report.trained_knn.top1 < 0.5
+    linear, knn = report.line().splitlines()
+    assert linear.startswith("linear probe top-1:") and "I-JEPA target encoder " in linear
+    assert knn.startswith("k-NN top-1 (k=20):") and linear.index("I-JEPA") == knn.index("I-JEPA")  # aligned
+    for line in (linear, knn):
+        assert "| same architecture at random init" in line and line.endswith(" points)") and "(-" in line
     assert report.to_dict()["random_init"]["top1"] == report.random.top1
+    assert report.to_dict()["random_init_knn"]["top1"] == report.random_knn.top1
 
 
 def test_final_report_without_labels_compares_ranks():

@@ -1,0 +1,208 @@
+"""Shared by the quality benchmarks: I-JEPA pretraining within a fixed wall-clock budget, then frozen evaluation.
+
+How the budget is enforced (docs/benchmarks.md, "Quality"):
+
+1. The clock starts when :func:`pretrain_within` is called. A throw-away copy of the run (same model, data, masks
+   and thread settings) trains ``calibration_steps`` steps after ``warmup_steps`` untimed ones; their mean time per
+   step (data loading included) is the calibrated step time.
+2. The steps that fit in what is left of the budget (minus a safety margin for the per-epoch monitor,
+   checkpoints and the trainer's setup) become the run's length: ``train.max_steps``, with ``optim.epochs`` and
+   ``optim.ipe_scale`` set so that the learning-rate, weight-decay and EMA schedules end exactly at that step.
+3. ``train.max_minutes`` is set, just before the loop starts, to the time left until the deadline: a hard stop if
+   the run is slower than calibrated (the result then records that the schedules did not complete).
+
+Calibration, setup, training, the per-epoch online monitor and checkpoint writes all count towards the budget;
+the evaluation afterwards does not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from openjepa.config import RunConfig
+from openjepa.cpu_allocator import keep_freed_memory
+from openjepa.data import build_eval_dataset, build_pretrain_loader
+from openjepa.eval import Features, extract_features, knn_classify, linear_probe, load_encoder, random_init_like
+from openjepa.ijepa import build_ijepa
+from openjepa.schedules import Schedules
+from openjepa.step import make_optimizer, train_step
+from openjepa.train.runtime import setup_runtime, shutdown_runtime
+from openjepa.train.trainer import Trainer
+
+SAFETY_MARGIN = 0.03  # share of the remaining budget kept free for monitor runs, checkpoints and plots
+SETUP_ALLOWANCE_S = 5.0  # the trainer's setup (data, model, monitor subsets) on top of what calibration measured
+
+
+@dataclass
+class Plan:
+    """How a run was fitted into its budget."""
+
+    budget_s: float
+    calibration_s: float
+    step_s: float  # calibrated mean seconds per step
+    steps_per_epoch: int
+    max_steps: int
+    epochs: int
+    ipe_scale: float
+    hard_stop_min: float = math.nan  # train.max_minutes, set when the loop starts
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def calibrate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, int, float]:
+    """Mean seconds per training step (data included) of ``cfg`` on this machine, the steps per epoch, and the
+    seconds it took to build the data and the model (a proxy for the trainer's own setup)."""
+    t0 = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    keep_freed_memory()
+    data = build_pretrain_loader(cfg.data, cfg.model, cfg.mask, cfg.train.seed)
+    with torch.random.fork_rng(devices=[]):
+        model = build_ijepa(cfg.model)
+    optimizer = make_optimizer(model)
+    sched = Schedules(1000, 10, lr=cfg.optim.lr)
+    setup_s = time.perf_counter() - t0
+    data.set_epoch(0)
+    steps_per_epoch = data.steps_per_epoch
+    times = []
+    tick = time.perf_counter()
+    for i, batch in enumerate(data.loader):
+        lr, wd, momentum = sched.at(i)
+        train_step(model, optimizer, batch.images, batch.context, batch.targets, lr, wd, momentum)
+        now = time.perf_counter()
+        times.append(now - tick)
+        tick = now
+        if len(times) >= warmup + steps:
+            break
+    del model, optimizer, data
+    return statistics.fmean(times[warmup:]), steps_per_epoch, setup_s
+
+
+def plan_run(cfg: RunConfig, budget_s: float, started: float, calibration_steps: int, warmup_steps: int) -> Plan:
+    """Calibrate, then choose the run length that fits in what is left of the budget."""
+    step_s, spe, setup_s = calibrate(cfg, calibration_steps, warmup_steps)
+    elapsed = time.monotonic() - started
+    left = budget_s - elapsed - setup_s - SETUP_ALLOWANCE_S
+    max_steps = max(1, int(left * (1 - SAFETY_MARGIN) / step_s))
+    epochs = math.ceil(max_steps / spe)
+    return Plan(budget_s, round(elapsed, 2), step_s, spe, max_steps, epochs, max_steps / (epochs * spe))
+
+
+def budgeted_config(cfg: RunConfig, plan: Plan) -> RunConfig:
+    """``cfg`` with the run length of ``plan``: schedules that end at ``plan.max_steps``."""
+    optim = replace(cfg.optim, epochs=plan.epochs, ipe_scale=plan.ipe_scale)
+    train = replace(cfg.train, max_steps=plan.max_steps, max_minutes=None)
+    return replace(cfg, optim=optim, train=train)
+
+
+def pretrain_within(cfg: RunConfig, minutes: float, calibration_steps: int = 20, warmup_steps: int = 3,
+                    overwrite: bool = True) -> dict:
+    """Pretrain ``cfg`` for ``minutes`` of wall-clock time (calibration and setup included). Returns the plan
+    and what the run did; the checkpoint is in ``cfg.train.out_dir``."""
+    started = time.monotonic()
+    budget_s = minutes * 60
+    plan = plan_run(cfg, budget_s, started, calibration_steps, warmup_steps)
+    run_cfg = budgeted_config(cfg, plan)
+    runtime = setup_runtime(run_cfg.train.device, run_cfg.train.precision)
+    try:
+        trainer = Trainer(run_cfg, runtime, None, overwrite)
+        plan.hard_stop_min = (budget_s - (time.monotonic() - started)) / 60
+        run_cfg.train.max_minutes = plan.hard_stop_min  # the trainer reads it at every step
+        loop_started = time.monotonic()
+        result = trainer.run()
+        loop_s = time.monotonic() - loop_started
+    finally:
+        shutdown_runtime(runtime)
+    total_s = time.monotonic() - started
+    steps = result.position.global_step
+    return {
+        "plan": plan.to_dict(),
+        "steps": steps,
+        "epochs_reached": round(steps / plan.steps_per_epoch, 3),
+        "schedule_completed": round(steps / plan.max_steps, 4),
+        "stop_reason": result.stop_reason,
+        "final_loss": result.last_loss,
+        "training_loop_s": round(loop_s, 1),
+        "total_s": round(total_s, 1),
+        "images_per_s_in_loop": round(steps * run_cfg.data.batch_size / loop_s, 1),
+        "within_budget": total_s <= budget_s + 1.0,
+    }
+
+
+# -- evaluation --------------------------------------------------------------------------------------------------
+def encoder_features(encoder, dataset, pools: list[str], batch_size: int, desc: str) -> dict[str, Features]:
+    """Features of every pool in one pass: the ``mean`` pool is the last block of ``concat4`` (both through the
+    final norm), so asking for both costs one extraction."""
+    depth = encoder.depth
+    if "concat4" in pools and depth >= 4:
+        full = extract_features(encoder, dataset, "concat4", batch_size, "cpu", desc=desc)
+        dim = full.dim // 4
+        out = {"concat4": full}
+        if "mean" in pools:
+            out["mean"] = Features(full.x[:, -dim:].contiguous(), full.y, {"pool": "mean"})
+        return out
+    return {"mean": extract_features(encoder, dataset, "mean", batch_size, "cpu", desc=desc)}
+
+
+def score(train: Features, test: Features, eval_cfg) -> dict:
+    """Linear probe (weight decay chosen on held-out training data) and k-NN top-1/top-5 on the test split."""
+    t0 = time.perf_counter()
+    lin = linear_probe(train, test, eval_cfg.probe_weight_decays, eval_cfg.probe_holdout, eval_cfg.seed,
+                       eval_cfg.probe_max_iter, "cpu", progress=True)
+    knn = knn_classify(train, test, eval_cfg.knn_k, eval_cfg.knn_temperature, "cpu")
+    return {"linear_top1": round(lin.top1, 4), "linear_top5": round(lin.top5, 4) if lin.top5 else None,
+            "linear_weight_decay": lin.weight_decay, "knn_top1": round(knn.top1, 4),
+            "knn_top5": round(knn.top5, 4) if knn.top5 else None, "dim": train.dim, "n_train": len(train),
+            "n_test": len(test), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def evaluate_encoders(cfg: RunConfig, run_dir: Path, which: list[str], pools: list[str]) -> dict:
+    """Scores of the run's ``target`` / ``context`` encoders and of ``random`` (same architecture, seed
+    ``eval.seed``) on the full train / test splits."""
+    train_ds = build_eval_dataset(cfg.data, cfg.model, "train")
+    test_ds = build_eval_dataset(cfg.data, cfg.model, "test")
+    results = {}
+    for name in which:
+        if name == "random_init":
+            encoder = random_init_like(load_encoder(run_dir, "target"), cfg.eval.seed)
+        else:
+            encoder = load_encoder(run_dir, name)
+        train = encoder_features(encoder, train_ds, pools, 512, f"{name}: train")
+        test = encoder_features(encoder, test_ds, pools, 512, f"{name}: test")
+        results[name] = {pool: score(train[pool], test[pool], cfg.eval) for pool in train}
+    return results
+
+
+def pixel_features(cfg: RunConfig, split: str, side: int) -> Features:
+    """Flattened, normalised pixels at ``side`` x ``side`` (the dataset's own resolution)."""
+    dataset = build_eval_dataset(cfg.data, replace(cfg.model, img_size=side), split)
+    xs, ys = [], []
+    for images, labels in torch.utils.data.DataLoader(dataset, batch_size=1024):
+        xs.append(images.flatten(1))
+        ys.append(labels)
+    return Features(torch.cat(xs), torch.cat(ys), {"pool": "pixels"})
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
