@@ -18,8 +18,6 @@ the evaluation afterwards does not.
 from __future__ import annotations
 
 import math
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -190,19 +188,3 @@ def pixel_features(cfg: RunConfig, split: str, side: int) -> Features:
         xs.append(images.flatten(1))
         ys.append(labels)
     return Features(torch.cat(xs), torch.cat(ys), {"pool": "pixels"})
-
-
-def machine_info() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        info["cpu"] = names[0] if names else platform.processor()
-    except OSError:
-        info["cpu"] = platform.processor()
-    try:
-        info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    return info

@@ -36,7 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _budget import evaluate_encoders, machine_info, pretrain_within  # noqa: E402
+from _budget import evaluate_encoders, pretrain_within  # noqa: E402
+from _report import machine_info, publish  # noqa: E402
 
 from openjepa.config import load_config  # noqa: E402
 
@@ -107,16 +108,13 @@ def main(argv: list[str] | None = None) -> dict:
         variants[name] = {"training": training, "results": results,
                           "evaluation_s": round(time.monotonic() - started, 1), "overrides": VARIANTS[name]}
     report = {"benchmark": "ablations", "command": "python benchmarks/ablations.py " + " ".join(argv),
-              "minutes": args.minutes, "variants": variants, "paper": PAPER, "machine": machine_info()}
+              "minutes": args.minutes, "variants": variants, "paper": PAPER,
+              "machine": machine_info(load_key="load_average_at_end")}
     if "ijepa" in variants and "pixel_targets" in variants:
         report["targets_features_vs_pixels"] = direction(variants, "ijepa", "pixel_targets")
     if "ijepa" in variants and "random_masking" in variants:
         report["masking_multiblock_vs_random"] = direction(variants, "ijepa", "random_masking")
-    text = json.dumps(report, indent=2)
-    print(text)
-    out = Path(args.out) if args.out else Path(args.run_root) / "ablations.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    publish(report, Path(args.out) if args.out else Path(args.run_root) / "ablations.json")
     return report
 
 

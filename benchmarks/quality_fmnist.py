@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _budget import evaluate_encoders, machine_info, pixel_features, pretrain_within, score  # noqa: E402
+from _budget import evaluate_encoders, pixel_features, pretrain_within, score  # noqa: E402
+from _report import machine_info, publish  # noqa: E402
 
 from openjepa.config import load_config  # noqa: E402
 
@@ -97,13 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
         "results": results,
         "targets": targets_met(results),
         "config": cfg.to_dict(),
-        "machine": machine_info(),
+        "machine": machine_info(load_key="load_average_at_end"),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "quality.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    publish(report, Path(args.out) if args.out else Path(args.run_dir) / "quality.json")
     return report
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,8 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import machine_info  # noqa: E402
 
 from openjepa import MaskCollator, MaskConfig, MultiBlockMaskSampler, build_ijepa  # noqa: E402
 from openjepa.cpu_allocator import keep_freed_memory  # noqa: E402
@@ -109,24 +109,6 @@ def matmul_peaks(device: torch.device, dtype: torch.dtype, size: int, repeat: in
     if device.type == "cpu" and dtype == torch.float32 and onednn_linear_available():
         peaks["onednn"] = matmul_rate(lambda x, y: fast_linear.linear(x, y), a, b, device, repeat)
     return peaks
-
-
-def machine_info(device: torch.device) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        info["cpu"] = names[0] if names else platform.processor()
-    except OSError:
-        info["cpu"] = platform.processor()
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        info["load_average"] = os.getloadavg()
-    except OSError:
-        pass
-    return info
 
 
 def peak_rss_bytes() -> int:
