@@ -35,6 +35,16 @@ class MaskSamplingError(ValueError):
 STRATEGIES = ("multiblock", "random")
 
 
+def generator_or_default(generator: torch.Generator | None) -> torch.Generator:
+    """``generator``, or one seeded from torch's global seed (so unseeded calls still follow torch.manual_seed)."""
+    return generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+
+
+def remove_targets(allowed: np.ndarray, targets: np.ndarray) -> None:
+    """Mark every target patch (``targets`` ``[B, M, K]``) as not allowed in the boolean ``[B, N]`` mask, in place."""
+    allowed[np.arange(len(allowed))[:, None], targets.reshape(len(allowed), -1)] = False
+
+
 @dataclass(frozen=True)
 class MaskConfig:
     """Multi-block mask settings (defaults: the paper's)."""
@@ -163,13 +173,13 @@ class MultiBlockMaskSampler:
         c_top, c_left = self._corners(context_shape, count, g)
         context = self._block_cover(context_shape, c_top, c_left)
         if not self.config.allow_overlap:
-            context[np.arange(count)[:, None], targets.reshape(count, -1)] = False
+            remove_targets(context, targets)
         return targets, context
 
     # -- sampling --------------------------------------------------------------------------------------------------
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> BlockMasks:
         """Masks for ``batch_size`` images; deterministic for a seeded ``generator``."""
-        g = generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        g = generator_or_default(generator)
         cfg = self.config
         target_shape, context_shape = self.draw_shapes(g)
         targets, context = self._draw_rows(batch_size, target_shape, context_shape, g)
@@ -244,12 +254,12 @@ class RandomMaskSampler:
         targets = self._smallest_keys(count * m, kt, None, g).reshape(count, m, kt)
         free = np.ones((count, self.num_patches), dtype=bool)
         if not self.config.allow_overlap:
-            free[np.arange(count)[:, None], targets.reshape(count, -1)] = False
+            remove_targets(free, targets)
         return targets, free
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> BlockMasks:
         """Masks for ``batch_size`` images; deterministic for a seeded ``generator``."""
-        g = generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        g = generator_or_default(generator)
         cfg = self.config
         sizes = self.blocks.sample(batch_size, g)
         m, kt, kc = sizes.targets.shape[0], sizes.targets.shape[-1], sizes.context.shape[1]

@@ -74,7 +74,7 @@ def prepare_run_dir(run_dir: Path, resume: Path | None, overwrite: bool, runtime
 def remove_unfinished_checkpoints(run_dir: Path) -> None:
     """Delete the temporary files of checkpoint (and config) writes that a killed process never finished.
 
-    Both are written as ``.NAME.XXXX.tmp`` and then renamed; a SIGKILL or power loss mid-write leaves the
+    Both are written as ``.NAME.<random>.tmp`` and then renamed; a SIGKILL or power loss mid-write leaves the
     temporary file (the file it was replacing is intact). Without this they would pile up, one per crash.
     """
     stray = sorted([*run_dir.glob(".jepa-*.pth.tar.*.tmp"), *run_dir.glob(f".{RUN_CONFIG}.*.tmp")])
