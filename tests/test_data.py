@@ -28,7 +28,8 @@ from openjepa.data.stats import IMAGENET_MEAN, IMAGENET_STD, LUMA, adapt_stats
 from openjepa.data.transforms import EvalTransform, center_crop_box, draft_request
 from openjepa.errors import DataError
 from openjepa.ijepa import ModelConfig
-from openjepa.masks import MaskConfig, SampleKey
+from openjepa.data.sampler import SampleKey
+from openjepa.masks import MaskConfig
 
 
 def _model(img_size=16, patch_size=4, channels=1):

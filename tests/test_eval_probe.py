@@ -7,7 +7,7 @@ import torch
 
 from openjepa.cli.main import main
 from openjepa.eval import Features, linear_probe, save_features, stratified_split
-from openjepa.eval.metrics import topk_hits
+from openjepa.eval.accuracy import topk_hits
 
 
 def separable(n: int, classes: int = 4, dim: int = 16, seed: int = 0, noise: float = 0.5):

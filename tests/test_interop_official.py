@@ -224,7 +224,8 @@ def test_one_encoder_without_predictor(trained, tmp_path):
 def test_models_to_be_loaded_skip_initialisation_when_their_constructor_allows():
     from torch import nn
 
-    from openjepa.interop.weights import build_for_loading, load_strict
+    from openjepa.checkpoint import load_strict
+    from openjepa.pretrained import build_for_loading
 
     linear = build_for_loading(lambda: nn.Linear(4, 3))  # nothing reads tensor values: built on meta, no init
     assert linear.weight.is_meta

@@ -5,16 +5,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from openjepa.data.collate import MaskCollator
+from openjepa.data.sampler import SampleKey
 from openjepa.masks import (
-    MaskCollator,
     MaskConfig,
     MaskSamplingError,
     MultiBlockMaskSampler,
     RandomMaskSampler,
-    SampleKey,
     build_mask_sampler,
-    seeded_generator,
 )
+from openjepa.seeding import seeded_generator
 
 
 def _draws(sampler, batches, batch_size, seed=0):

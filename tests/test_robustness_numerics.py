@@ -14,7 +14,7 @@ from test_robustness_inputs import cli_error
 from test_train import TINY, losses, tiny_config, weights
 
 from openjepa.checkpoint import load_checkpoint
-from openjepa.masks import MaskCollator
+from openjepa.data.collate import MaskCollator
 from openjepa.train import TrainingDiverged, pretrain
 from openjepa.train import trainer as trainer_module
 from openjepa.train.runtime import setup_runtime

@@ -62,7 +62,7 @@ def test_raw_pickle_is_refused(tmp_path):
 
 
 def test_training_checkpoint_loader_refuses_it(evil):
-    from openjepa.train.state import restore_training_state
+    from openjepa.train.checkpoints import restore_training_state
 
     path, marker = evil
     model = build_ijepa(**TINY)

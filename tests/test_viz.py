@@ -14,7 +14,7 @@ from openjepa.config import load_config
 from openjepa.data import build_pretrain_loader
 from openjepa.ijepa import build_ijepa
 from openjepa.masks import BlockMasks
-from openjepa.train.metrics import RunLog
+from openjepa.train.run_log import RunLog
 from openjepa.viz.chart import format_ticks, nice_ticks
 from openjepa.viz.draw import PALETTE
 from openjepa.viz.features import feature_picture_layout, patch_pca, positional_share

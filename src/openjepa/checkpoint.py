@@ -1,9 +1,12 @@
-"""Checkpoint files: atomic writes, and loading that never runs code from the file.
+"""Checkpoint files: writing them atomically, reading them without running code, loading weights strictly.
 
 A training checkpoint is one ``torch.save`` file in the released layout -- ``encoder``, ``predictor``,
 ``target_encoder`` (state dicts whose keys carry the ``module.`` prefix of a DDP-wrapped model), ``opt``,
 ``scaler``, ``epoch``, ``loss``, ``batch_size``, ``world_size``, ``lr`` -- plus openjepa's ``step``, ``config``
 (a plain dict) and ``rng`` (tensors only). Everything in it loads with ``torch.load(weights_only=True)``.
+
+Every failure to read or fit a file is a :class:`~openjepa.errors.CheckpointError` whose message names the file,
+what is wrong and what to do; :func:`load_strict` is the one place that reports weights that do not fit a model.
 """
 
 from __future__ import annotations
@@ -11,19 +14,25 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as _read_safetensors
+from torch import nn
+
+from .atomic_write import atomic_write
+from .errors import CheckpointError
+from .run_folder import checkpoint_in
 
 DDP_PREFIX = "module."
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message says why and what to do."""
+COMPILE_PREFIX = "_orig_mod."
+SHOWN = 4  # mismatched keys listed in an error message
+OFFICIAL_LICENSE = "CC-BY-NC-4.0"  # the licence of the released I-JEPA weights (and of weights trained from them)
+OPENJEPA_LICENSE = "Apache-2.0"  # the licence of weights trained from scratch with openjepa
 
 
 def add_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = DDP_PREFIX) -> dict[str, torch.Tensor]:
@@ -34,50 +43,33 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = DDP_PREFI
     """Remove a ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefix from every key that has it."""
     out = {}
     for key, value in state_dict.items():
-        while key.startswith(prefix) or key.startswith("_orig_mod."):
-            key = key[len(prefix):] if key.startswith(prefix) else key[len("_orig_mod."):]
+        while key.startswith(prefix) or key.startswith(COMPILE_PREFIX):
+            key = key[len(prefix):] if key.startswith(prefix) else key[len(COMPILE_PREFIX):]
         out[key] = value
     return out
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def is_official_checkpoint(state: Mapping[str, Any]) -> bool:
+    """True for a released checkpoint, False for one written by openjepa (which always records its ``config``)."""
+    return "config" not in state and "openjepa_version" not in state
 
 
+# -- writing --------------------------------------------------------------------------------------------------------
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, flushed to disk, then renamed.
+    """Write ``state`` to ``path`` atomically (see :mod:`openjepa.atomic_write`).
 
     A crash or a full disk mid-write leaves any previous file at ``path`` untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, "wb") as f:
             torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         cause = _os_error(exc)
         if cause is not None:
             kept = f"the previous checkpoint at {path} is intact" if path.exists() else "no checkpoint was written"
             raise CheckpointError(f"could not write checkpoint {path}: {cause.strerror or cause}; {kept}") from exc
         raise
-    _fsync_dir(path.parent)
     return path
 
 
@@ -94,21 +86,20 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
+# -- reading --------------------------------------------------------------------------------------------------------
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``).
+    """Load a checkpoint file (or a run folder's latest) without unpickling arbitrary objects (``weights_only=True``).
 
     Raises :class:`CheckpointError` with an explanation for a missing, empty, truncated, foreign or unsafe file.
     """
-    path = Path(path)
+    path = checkpoint_in(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file inside it")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write that made it did not finish")
     kind = _file_kind(path)
     if kind == "safetensors" or path.suffix == ".safetensors":
-        return _load_safetensors(path, map_location)
+        return load_safetensors(path, map_location)
     if kind not in ("zip", "pickle"):
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint: {kind}. Pass the .pth / .pth.tar / .pt / .safetensors file"
@@ -163,39 +154,79 @@ def _unsafe_message(path: Path, exc: pickle.UnpicklingError) -> str:
     )
 
 
-def _load_safetensors(path: Path, map_location) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    device = str(map_location) if not isinstance(map_location, str) else map_location
+def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file (the format never executes anything), with a clear error for a missing or damaged
+    file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
     try:
-        return load_file(str(path), device=device)
+        return _read_safetensors(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"could not read safetensors file {path}: {exc}") from exc
+        raise CheckpointError(f"could not read {path}: it is truncated or not a safetensors file ({exc})") from exc
 
 
-def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """``module.load_state_dict(state_dict, strict=True)`` with an error that names the mismatched keys and
-    shapes (first few) and the architecture the module expects, instead of a raw traceback."""
-    state_dict = strip_prefix(state_dict)
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong:
-        arch = module.arch() if hasattr(module, "arch") else type(module).__name__
-        parts = []
-        for label, items in (("shape mismatches", wrong), ("missing keys", missing), ("unexpected keys", unexpected)):
-            if items:
-                more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
-                parts.append(f"{label}: {'; '.join(items[:4])}{more}")
+def read_checkpoint(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """An I-JEPA checkpoint dict (a file, a run folder's latest, or a dict already loaded) and a name for it in
+    messages; a file of another model is refused here."""
+    if isinstance(source, Mapping):
+        state, origin = dict(source), "the checkpoint"
+    else:
+        path = checkpoint_in(source)
+        state, origin = load_checkpoint(path), str(path)
+    if not any(isinstance(state.get(k), Mapping) for k in ("encoder", "target_encoder")):
+        found = ", ".join(map(str, list(state)[:8])) or "nothing"
         raise CheckpointError(
-            f"the {what} weights do not fit the model ({' | '.join(parts)}). The model expects {arch}; check that "
-            f"the config's model section (arch, patch_size, img_size, pred_depth, pred_emb_dim) matches the "
-            f"checkpoint's"
+            f"{origin} is not an I-JEPA checkpoint: it has no 'encoder' or 'target_encoder' state dict (found "
+            f"{found}). Pass a released I-JEPA .pth.tar file or an openjepa training checkpoint"
         )
-    module.load_state_dict(state_dict, strict=True)
+    return state, origin
+
+
+# -- fitting weights to a model -------------------------------------------------------------------------------------
+def misfits(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, list]:
+    """What keeps ``state_dict`` from loading strictly into ``module``: ``wrong_shapes`` as ``(key, expected,
+    found)`` and ``missing`` / ``unexpected`` keys (empty lists when it fits)."""
+    expected = module.state_dict()
+    return {
+        "wrong_shapes": [(k, tuple(v.shape), tuple(state_dict[k].shape)) for k, v in expected.items()
+                         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)],
+        "missing": [k for k in expected if k not in state_dict],
+        "unexpected": [k for k in state_dict if k not in expected],
+    }
+
+
+def _listing(label: str, items: list[str]) -> str:
+    more = f" (+{len(items) - SHOWN} more)" if len(items) > SHOWN else ""
+    return f"{label}: {'; '.join(items[:SHOWN])}{more}"
+
+
+def describe_misfits(found: dict[str, list]) -> str | None:
+    """One line naming the first misfits of :func:`misfits` (None when there are none)."""
+    shapes = [f"{k} expected {e}, found {f}" for k, e, f in found["wrong_shapes"]]
+    parts = [_listing(label, items) for label, items in
+             (("wrong shapes", shapes), ("missing", found["missing"]), ("unexpected", found["unexpected"])) if items]
+    return " | ".join(parts) or None
+
+
+def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, origin: str = "",
+                advice: str | None = None, assign: bool = False) -> None:
+    """``module.load_state_dict(sd, strict=True)`` (``module.``/``_orig_mod.`` prefixes removed), or a
+    :class:`CheckpointError` naming the mismatched keys with expected and found shapes, the architecture the
+    module expects and ``advice`` (default: the file's description of the model and its weights disagree).
+
+    ``assign=True`` makes the module adopt the given tensors instead of copying them (no second copy of a large
+    model in memory); each parameter keeps its ``requires_grad``."""
+    state_dict = strip_prefix(state_dict)
+    report = describe_misfits(misfits(module, state_dict))
+    if report:
+        arch = module.arch() if hasattr(module, "arch") else type(module).__name__
+        advice = advice or ("The file's description of the model (its config) and its weights disagree, or the "
+                            "weights belong to another model")
+        source = f" (file: {origin})" if origin else ""
+        raise CheckpointError(f"the {what} weights do not fit the model: {report}{source}. The model expects "
+                              f"{arch}. {advice}")
+    module.load_state_dict(state_dict, strict=True, assign=assign)
+    if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+        raise CheckpointError(f"the {what} weights{' in ' + origin if origin else ''} left some tensors of the "
+                              f"model unset")

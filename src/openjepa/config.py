@@ -18,17 +18,16 @@ from typing import Any
 
 import yaml
 
-from .data.config import DataConfig
-from .eval.config import EvalConfig
+from .config_sections import DataConfig, EvalConfig, OptimConfig, TrainConfig
+from .errors import ConfigError
 from .ijepa import ModelConfig
 from .masks import MaskConfig
-from .train.config import OptimConfig, TrainConfig
 
 DEFAULT_RECIPE = "digits"
 
-
-class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message says which and how to fix it."""
+__all__ = [  # ConfigError is defined in openjepa.errors and re-exported here, where it has always been importable
+    "DEFAULT_RECIPE", "ConfigError", "RunConfig", "apply_overrides", "from_dict", "load_config", "recipe_names",
+]
 
 
 @dataclass

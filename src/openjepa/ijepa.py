@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -74,16 +74,6 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
-@dataclass
-class StepStats:
-    """Detached by-products of a training step that are useful for monitoring."""
-
-    target_pooled: torch.Tensor  # [B, D] mean over patches of the target encoder output
-    context_len: int
-    target_len: int
-    extras: dict = field(default_factory=dict)
-
-
 class IJEPA(nn.Module):
     """Owns the context encoder ``encoder``, the EMA ``target_encoder`` and the ``predictor``.
 
@@ -141,21 +131,12 @@ class IJEPA(nn.Module):
             return F.mse_loss(predictions, targets)
         return F.smooth_l1_loss(predictions, targets)
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        context_idx: torch.Tensor,
-        target_idx: torch.Tensor,
-        return_stats: bool = False,
-    ):
-        """Loss of one batch (and :class:`StepStats` when ``return_stats``)."""
+    def forward(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+        """Loss of one batch: ``criterion(predict(context), targets)`` (see docs/method.md for the equations)."""
         if target_idx.dim() == 2:
             target_idx = target_idx.unsqueeze(0)
-        targets, pooled = self.compute_targets(images, target_idx, pooled=return_stats)
-        loss = self.criterion(self.predict(images, context_idx, target_idx), targets)
-        if not return_stats:
-            return loss
-        return loss, StepStats(pooled, context_idx.shape[1], target_idx.shape[-1])
+        targets, _ = self.compute_targets(images, target_idx, pooled=False)
+        return self.criterion(self.predict(images, context_idx, target_idx), targets)
 
     # -- teacher ---------------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -23,21 +23,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate, get_worker_info
 
+from .errors import MaskSamplingError
 from .models.pos_embed import GridSize, to_2tuple
-
-
-class MaskSamplingError(ValueError):
-    """The mask settings cannot be satisfied for this grid."""
-
+from .seeding import generator_or_default
 
 STRATEGIES = ("multiblock", "random")
-
-
-def generator_or_default(generator: torch.Generator | None) -> torch.Generator:
-    """``generator``, or one seeded from torch's global seed (so unseeded calls still follow torch.manual_seed)."""
-    return generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed() % 2**63)
 
 
 def remove_targets(allowed: np.ndarray, targets: np.ndarray) -> None:
@@ -69,15 +60,6 @@ class BlockMasks(NamedTuple):
 
     context: torch.Tensor  # [B, Kc], sorted
     targets: torch.Tensor  # [M, B, Kt], row-major inside each block
-
-
-class MaskedBatch(NamedTuple):
-    """What the collate function hands to the training step."""
-
-    images: torch.Tensor  # [B, C, H, W]
-    labels: torch.Tensor  # [B], -1 where unknown
-    context: torch.Tensor  # [B, Kc]
-    targets: torch.Tensor  # [M, B, Kt]
 
 
 def _check_range(name: str, lo_hi: tuple[float, float], low: float, high: float | None) -> tuple[float, float]:
@@ -222,13 +204,14 @@ class RandomMaskSampler:
     """Random masking, the paper's ablation of multi-block masking: every target is a set of patches drawn at
     random anywhere on the grid, and the context is drawn at random among the patches that no target covers.
 
-    The sizes come from the multi-block sampler with the same settings, drawn batch by batch from the same
-    generator: each target holds as many patches as that batch's target block (``M`` of them, ``mask.num_targets``)
-    and the context as many as that batch's multi-block context. Scattered targets can cover more of the grid than
-    overlapping blocks; when an image is then left fewer free patches, the batch's context shrinks to what every
-    image has free (never below ``mask.min_keep``; images short of that draw their targets again). So the two
-    strategies feed the networks the same numbers of tokens (the context slightly fewer, on average, with random
-    masking), and differ in where those tokens lie: contiguous blocks or scattered patches.
+    The sizes come from the block shapes that multi-block masking draws for the batch (from the same generator,
+    the same way): each of the ``M`` targets (``mask.num_targets``) holds as many patches as a target block, and
+    the context as many as the context block keeps when all ``M`` target blocks lie inside it (the fewest a
+    multi-block context of that batch can hold; all of it with ``mask.allow_overlap``), never fewer than
+    ``mask.min_keep``. When scattered targets leave an image fewer free patches, the batch's context shrinks to
+    what every image has free (images left fewer than ``mask.min_keep`` draw their targets again). So the two
+    strategies feed the networks similar numbers of tokens (the context somewhat fewer with random masking), and
+    differ in where those tokens lie: contiguous blocks or scattered patches.
 
     >>> masks = RandomMaskSampler((7, 7), num_targets=2, min_keep=4).sample(8, torch.Generator().manual_seed(0))
     >>> masks.targets.shape[:2]
@@ -257,12 +240,18 @@ class RandomMaskSampler:
             remove_targets(free, targets)
         return targets, free
 
+    def _sizes(self, g: torch.Generator) -> tuple[int, int, int]:
+        """Targets ``M``, patches per target and patches of the context, from the batch's multi-block shapes."""
+        (th, tw), (ch, cw) = self.blocks.draw_shapes(g)
+        m, kt = self.config.num_targets, th * tw
+        covered = 0 if self.config.allow_overlap else m * kt
+        return m, kt, max(self.config.min_keep, ch * cw - covered)
+
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> BlockMasks:
         """Masks for ``batch_size`` images; deterministic for a seeded ``generator``."""
         g = generator_or_default(generator)
         cfg = self.config
-        sizes = self.blocks.sample(batch_size, g)
-        m, kt, kc = sizes.targets.shape[0], sizes.targets.shape[-1], sizes.context.shape[1]
+        m, kt, kc = self._sizes(g)
         targets, free = self._draw_targets(batch_size, m, kt, g)
         for _ in range(cfg.max_tries):
             bad = np.flatnonzero(free.sum(1) < cfg.min_keep)
@@ -291,63 +280,3 @@ def build_mask_sampler(grid_size: int | GridSize, config: MaskConfig | None = No
     if cfg.strategy == "random":
         return RandomMaskSampler(grid_size, cfg)
     return MultiBlockMaskSampler(grid_size, cfg)
-
-
-def seeded_generator(*entropy: int) -> torch.Generator:
-    """A generator whose stream is a hash of the given integers (e.g. ``seed, epoch, step``)."""
-    state = np.random.SeedSequence([int(e) % 2**63 for e in entropy]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-
-
-@dataclass(frozen=True)
-class SampleKey:
-    """Where a sample sits in training: it makes masks a pure function of ``(seed, epoch, step)``."""
-
-    epoch: int
-    step: int  # batch index within the epoch
-    position: int  # row of this sample in the global (all-rank) batch
-    global_batch: int
-
-
-class MaskCollator:
-    """Collate function: stacks ``(image, label[, key])`` samples and draws the batch's masks.
-
-    With :class:`SampleKey` keys (what the openjepa loader produces) the masks of a step are drawn for the whole
-    global batch from a generator seeded by ``(seed, epoch, step)``, and each rank keeps its own rows. Masks are
-    then identical whatever the number of workers or processes, and a resumed run draws exactly the masks of an
-    uninterrupted one. Without keys, each DataLoader worker gets its own stream, seeded from the worker's torch
-    seed (distinct per worker and per epoch).
-    """
-
-    def __init__(self, sampler: MaskSampler, seed: int = 0):
-        self.sampler = sampler
-        self.seed = seed
-        self._fallback: torch.Generator | None = None
-        self._fallback_seed: int | None = None
-
-    def _worker_generator(self) -> torch.Generator:
-        info = get_worker_info()
-        seed = info.seed if info is not None else torch.initial_seed()
-        if self._fallback is None or self._fallback_seed != seed:
-            self._fallback, self._fallback_seed = seeded_generator(self.seed, seed), seed
-        return self._fallback
-
-    def masks_for(self, keys: list[SampleKey] | None, batch_size: int) -> BlockMasks:
-        if keys is None:
-            return self.sampler.sample(batch_size, self._worker_generator())
-        first = keys[0]
-        masks = self.sampler.sample(first.global_batch, seeded_generator(self.seed, first.epoch, first.step))
-        rows = torch.tensor([k.position for k in keys])
-        # index_select, not advanced indexing: the latter took ~30 ms per batch with 2 intra-op threads on a busy CPU
-        return BlockMasks(masks.context.index_select(0, rows), masks.targets.index_select(1, rows))
-
-    def __call__(self, samples: list[tuple]) -> MaskedBatch:
-        keyed = isinstance(samples[0][-1], SampleKey)
-        keys = [s[-1] for s in samples] if keyed else None
-        images = torch.stack([s[0] for s in samples])
-        if len(samples[0]) - keyed >= 2:
-            labels = default_collate([int(s[1]) for s in samples])
-        else:
-            labels = torch.full((len(samples),), -1, dtype=torch.long)
-        masks = self.masks_for(keys, len(samples))
-        return MaskedBatch(images, labels, masks.context, masks.targets)

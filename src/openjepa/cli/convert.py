@@ -4,9 +4,12 @@ export format (``model.safetensors`` + ``config.json``, read by ``openjepa.inter
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .export import report_warnings
+from ..interop.hf import load_hf, read_hf_info
+from ..interop.native import export_openjepa
+from ..interop.provenance import info_from_checkpoint
+from ..pretrained import load_trained
+from .output import report_warnings
 
 EXAMPLES = """examples:
   openjepa convert official IN1K-vit.h.14-300e.pth.tar --out models/vith14-in1k
@@ -31,7 +34,7 @@ def add_parser(subparsers) -> None:
     kinds = p.add_subparsers(dest="source_kind", metavar="SOURCE", required=True)
     official = kinds.add_parser("official", help="a released I-JEPA .pth.tar checkpoint",
                                 description="Convert a released I-JEPA checkpoint.")
-    official.add_argument("checkpoint", help="the .pth.tar file")
+    official.add_argument("checkpoint", help="the .pth.tar file (or an openjepa run folder: its latest checkpoint)")
     official.add_argument("--which", choices=("target", "context"), default="target",
                           help="encoder to write (default: target, the EMA encoder the paper evaluates)")
     official.add_argument("--img-size", type=int, default=None,
@@ -48,14 +51,10 @@ def add_parser(subparsers) -> None:
 
 
 def _convert_official(args):
-    from ..interop import export_openjepa
-    from ..interop.official import model_from_state, read_checkpoint
-    from ..interop.provenance import info_from_checkpoint
-
-    state, origin = read_checkpoint(Path(args.checkpoint))
-    model = model_from_state(state, origin, args.img_size, args.num_heads)  # all three networks, strict
+    trained = load_trained(args.checkpoint, img_size=args.img_size, num_heads=args.num_heads)  # all three, strict
+    model = trained.model
     encoder = model.target_encoder if args.which == "target" else model.encoder
-    info = info_from_checkpoint(state, args.which, encoder.in_chans)
+    info = info_from_checkpoint(trained.metadata, args.which, encoder.in_chans)
     out = export_openjepa(encoder, args.out, args.which, info)
     pred = model.predictor.arch()
     detail = f"predictor width {pred['predictor_embed_dim']}, depth {pred['depth']}"
@@ -63,8 +62,6 @@ def _convert_official(args):
 
 
 def _convert_hf(args):
-    from ..interop import export_openjepa, load_hf, read_hf_info
-
     encoder = load_hf(args.model_dir)
     info = read_hf_info(args.model_dir)
     return encoder, info, export_openjepa(encoder, args.out, "target", info), "from transformers"

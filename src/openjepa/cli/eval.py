@@ -8,8 +8,14 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
+from ..config import RunConfig
 from ..errors import UserError
-from .embed import add_encoder_arguments, features_for_split, load_for_args
+from ..eval.features import load_features, resolve_device
+from ..eval.knn import knn_classify
+from ..eval.probe import linear_probe
+from .encoder_args import add_encoder_arguments, features_for_split, load_for_args
 
 EXAMPLES = """examples:
   openjepa eval linear --checkpoint runs/fashion_mnist                # target encoder, train -> test split
@@ -63,10 +69,6 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
 # -- inputs -----------------------------------------------------------------------------------------------------------
 def _inputs(args: argparse.Namespace):
     """``(train features, test features, eval config, device, description, default JSON path)``."""
-    from ..config import RunConfig
-    from ..eval import load_features
-    from ..eval.loading import resolve_device
-
     from_files = args.features_train is not None or args.features_test is not None
     if from_files == (args.checkpoint is not None):
         raise UserError("give either --checkpoint, or both --features-train and --features-test")
@@ -98,10 +100,6 @@ def _stem_path(path: Path, tag: str) -> Path:
 
 
 def _evaluate(args: argparse.Namespace, train, test, cfg, device):
-    from ..eval import knn_classify, linear_probe
-
-    import torch
-
     for name, feats in (("training", train), ("test", test)):
         if not feats.has_labels:
             raise UserError(f"the {name} features have no labels (label -1), so there is nothing to score; "

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
-from collections.abc import Callable
-from pathlib import Path
+
+from ..interop.hf import export_hf
+from ..interop.native import export_openjepa
+from ..interop.provenance import info_from_checkpoint
+from ..interop.timm import export_timm
+from ..pretrained import read_encoder
+from .encoder_args import CHECKPOINT_HELP
+from .output import report_warnings
 
 EXAMPLES = """examples:
   openjepa export --checkpoint runs/digits/jepa-latest.pth.tar --format hf --out exported/digits-hf
   openjepa export --checkpoint IN1K-vit.h.14-300e.pth.tar --format timm --out exported/vith14-timm
-  openjepa export --checkpoint runs/digits/jepa-latest.pth.tar --which context --out exported/context
+  openjepa export --checkpoint runs/digits --which context --out exported/context
 
-The checkpoint is an openjepa training checkpoint or a released I-JEPA .pth.tar. The target (EMA) encoder is
+The checkpoint is an openjepa training checkpoint, a run folder (its latest checkpoint) or a released I-JEPA
+.pth.tar. The target (EMA) encoder is
 exported unless --which context. Folders: openjepa -> model.safetensors + config.json (load_exported);
 hf -> transformers.IJepaModel.from_pretrained(DIR); timm -> see DIR/README.md.
 """
@@ -27,7 +32,7 @@ def add_parser(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="training checkpoint (openjepa's or a released one)")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--format", choices=("openjepa", "hf", "timm"), default="openjepa", help="default: openjepa")
     p.add_argument("--which", choices=("target", "context"), default="target",
                    help="the EMA target encoder (default, what the paper evaluates) or the context encoder")
@@ -42,30 +47,11 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def report_warnings(command: str, work: Callable[[], object]) -> object:
-    """Run ``work``, printing its warnings as one ``openjepa COMMAND: warning: ...`` line each."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = work()
-    for warning in caught:
-        print(f"openjepa {command}: warning: {warning.message}", file=sys.stderr)
-    return result
-
-
 def run(args) -> int:
-    from ..checkpoint import CheckpointError
-    from ..interop import export_hf, export_openjepa, export_timm
-    from ..interop.official import encoder_from_state, read_checkpoint
-    from ..interop.provenance import info_from_checkpoint
-
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; pass the checkpoint file inside it (e.g. jepa-latest.pth.tar)")
-
     def export():
-        state, origin = read_checkpoint(path)
-        encoder = encoder_from_state(state, origin, args.which, args.img_size)
-        info = info_from_checkpoint(state, args.which, encoder.in_chans, args.mean, args.std)
+        loaded = read_encoder(args.checkpoint, args.which, args.img_size)
+        encoder = loaded.encoder
+        info = info_from_checkpoint(loaded.metadata, args.which, encoder.in_chans, args.mean, args.std)
         if args.format == "hf":
             out = export_hf(encoder, args.out, args.which, info, layout=args.hf_layout)
         elif args.format == "timm":

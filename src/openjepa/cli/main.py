@@ -8,8 +8,8 @@ import importlib
 import sys
 import traceback
 
-from .. import __version__
 from ..errors import user_error_types
+from ..version import __version__
 
 # A full disk (or quota) is the one OSError a user meets in normal use: it gets a message, not a traceback.
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))

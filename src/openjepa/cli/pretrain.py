@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..config import load_config, recipe_names
 from ..errors import UserError
-from ..train.state import LATEST
+from ..run_folder import LATEST, config_beside
+from ..train import pretrain
 
 EXAMPLES = """examples:
   openjepa pretrain                                   # the embedded digits recipe, a few minutes on a CPU
@@ -60,8 +61,8 @@ def _resume_target(args) -> tuple[Path | None, str | None]:
         path = path / LATEST
     if not path.exists():
         raise UserError(f"nothing to resume: {path} does not exist")
-    run_config = path.parent / "config.yaml"
-    if args.config is None and run_config.exists():
+    run_config = config_beside(path)
+    if args.config is None and run_config is not None:
         return path, str(run_config)
     return path, args.config
 
@@ -71,8 +72,6 @@ def run(args) -> int:
     config = load_config(config_source, args.overrides)
     if resume is not None and not resume.exists():
         raise UserError(f"nothing to resume in {config.train.out_dir}: {resume.name} does not exist")
-    from ..train import pretrain
-
     result = pretrain(config, resume=resume, overwrite=args.overwrite)
     if result.stop_reason == "interrupted":
         print(f"stopped at step {result.position.global_step}; checkpoint saved in {result.run_dir}. "

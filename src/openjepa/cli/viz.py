@@ -9,7 +9,17 @@ from pathlib import Path
 
 from ..config import recipe_names
 from ..errors import UserError
-from .common import add_data_arguments, data_config_from_args
+from ..eval.features import resolve_device
+from ..pretrained import TrainedModel, load_trained
+from ..run_folder import CURVES_PNG, load_run_config
+from ..viz.draw import check_png_path, save_png
+from ..viz.features import features_picture
+from ..viz.masks import masks_picture
+from ..viz.predictions import predictions_picture
+from ..viz.run import render_run
+from .data_args import add_data_arguments, data_config_from_args
+from .encoder_args import CHECKPOINT_HELP, run_config
+from .output import report_picture
 
 EXAMPLES = """examples:
   openjepa viz masks --out masks.png                                 # the digits recipe's first training batch
@@ -57,8 +67,7 @@ def _masks_parser(kinds) -> None:
 
 
 def _model_arguments(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (openjepa's or a released I-JEPA one) or "
-                                                       "run folder (its latest checkpoint)")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("-c", "--config", default=None,
                    help="recipe name or YAML file whose data settings replace the run's (released checkpoints "
                         "record none)")
@@ -110,66 +119,44 @@ def _positive(**values: int) -> None:
             raise UserError(f"--{name} must be at least 1, got {value}")
 
 
-def _written(path: Path, size: tuple[int, int]) -> int:
-    print(f"wrote {path} ({size[0]}x{size[1]} pixels)")
-    return 0
-
-
 def run_masks(args) -> int:
-    from ..viz.draw import check_png_path, save_png
-    from ..viz.masks import masks_picture
-    from ..viz.sources import run_config_from
-
     check_png_path(args.out)
     _positive(count=args.count, columns=args.columns)
     if args.epoch < 0 or args.step < 0:
         raise UserError("--epoch and --step count from 0")
-    config = run_config_from(args.config, args.overrides)
+    config = load_run_config(args.config, args.overrides)
     config = dataclasses.replace(config, data=data_config_from_args(args, config.data))
     image = masks_picture(config, args.count, args.epoch, args.step, "plain" if args.plain else "training",
                           args.columns)
-    return _written(save_png(image, args.out), image.size)
+    return report_picture(save_png(image, args.out), image.size)
 
 
-def _trained(args):
+def _trained(args) -> TrainedModel:
     """The checkpoint's model under the run's settings, as `openjepa embed` / `eval` compose them (-c, then
     overrides, then --data)."""
-    from ..eval.loading import resolve_device
-    from ..viz.sources import load_trained
-    from .embed import run_config
-
     trained = load_trained(args.checkpoint, resolve_device(args.device))
     return trained.with_settings(run_config(args, trained.recorded))
 
 
 def run_features(args) -> int:
-    from ..viz.draw import check_png_path, save_png
-    from ..viz.features import features_picture
-
     check_png_path(args.out)
     _positive(count=args.count, columns=args.columns)
     trained = _trained(args)
     image = features_picture(trained, trained.config.data, args.split, args.count, args.which, args.seed, args.columns)
-    return _written(save_png(image, args.out), image.size)
+    return report_picture(save_png(image, args.out), image.size)
 
 
 def run_curves(args) -> int:
-    from ..viz.draw import check_png_path, save_png
-    from ..viz.run import render_run
-
-    out = Path(args.out) if args.out else Path(args.run_dir) / "curves.png"
+    out = Path(args.out) if args.out else Path(args.run_dir) / CURVES_PNG
     check_png_path(out)
     image = render_run(args.run_dir)
-    return _written(save_png(image, out), image.size)
+    return report_picture(save_png(image, out), image.size)
 
 
 def run_predictions(args) -> int:
-    from ..viz.draw import check_png_path, save_png
-    from ..viz.predictions import predictions_picture
-
     check_png_path(args.out)
     _positive(queries=args.queries, bank=args.bank, neighbours=args.neighbours)
     trained = _trained(args)
     image = predictions_picture(trained, trained.config.data, args.split, args.queries, args.bank, args.neighbours,
                                 args.seed)
-    return _written(save_png(image, args.out), image.size)
+    return report_picture(save_png(image, args.out), image.size)

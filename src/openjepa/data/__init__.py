@@ -4,13 +4,14 @@
 evaluation code ``(image, label)`` samples; ``build_source`` reads any supported dataset split.
 """
 
+from ..config_sections import DATASETS, DataConfig
 from .bad_files import BadFile, BadFileTracker
 from .base import ArraySource, ImageSource, SubsetSource
-from .config import DATASETS, DataConfig
+from .collate import MaskCollator, MaskedBatch
 from .datasets import EvalDataset, PretrainDataset
 from .images import IMAGE_EXTENSIONS, UnreadableImage, to_standard_mode
 from .loader import PretrainData, auto_num_workers, build_eval_dataset, build_pretrain_loader
-from .sampler import KeyedBatchSampler
+from .sampler import KeyedBatchSampler, SampleKey
 from .sources import build_source, limit_samples
 from .stats import IMAGENET_MEAN, IMAGENET_STD, pixel_stats
 from .transforms import EvalTransform, TrainTransform, random_resized_crop_box
@@ -28,8 +29,11 @@ __all__ = [
     "EvalTransform",
     "ImageSource",
     "KeyedBatchSampler",
+    "MaskCollator",
+    "MaskedBatch",
     "PretrainData",
     "PretrainDataset",
+    "SampleKey",
     "SubsetSource",
     "TrainTransform",
     "UnreadableImage",

@@ -22,7 +22,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-PATTERN = "unreadable-*.jsonl"
+from ..run_folder import UNREADABLE_RECORDS, unreadable_record_name
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,14 @@ class BadFileTracker:
     def record(self, path: str, reason: str) -> None:
         """Note that ``path`` could not be read (safe to call from any process)."""
         line = json.dumps({"path": path, "reason": reason}) + "\n"
-        target = self.directory / f"unreadable-rank{self.rank}-pid{os.getpid()}.jsonl"
+        target = self.directory / unreadable_record_name(self.rank, os.getpid())
         with open(target, "a", encoding="utf-8") as f:
             f.write(line)
 
     def records(self) -> list[BadFile]:
         """Every distinct unreadable path recorded so far (by any process), sorted by path."""
         found: dict[str, str] = {}
-        for file in sorted(self.directory.glob(PATTERN)):
+        for file in sorted(self.directory.glob(UNREADABLE_RECORDS)):
             try:
                 text = file.read_text(encoding="utf-8")
             except OSError:

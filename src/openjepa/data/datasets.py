@@ -11,10 +11,11 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..masks import SampleKey, seeded_generator
+from ..seeding import seeded_generator
 from .bad_files import BadFileTracker
 from .base import ImageSource
 from .images import UnreadableImage
+from .sampler import SampleKey
 from .transforms import EvalTransform, TrainTransform
 
 # Separates the crop stream of sample ``index`` from the mask stream of step ``index`` (both hash three ints).
@@ -56,7 +57,7 @@ class PretrainDataset(_Replacing, Dataset):
     """Training views whose crop depends only on ``(seed, epoch, index)``.
 
     Indexed with ``(index, SampleKey)`` pairs (what :class:`KeyedBatchSampler` yields), it returns
-    ``(image [C, H, W], label, key)`` for :class:`openjepa.masks.MaskCollator`; indexed with a plain ``int``,
+    ``(image [C, H, W], label, key)`` for :class:`openjepa.data.collate.MaskCollator`; indexed with a plain ``int``,
     ``(image, label)`` as at epoch 0.
     """
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ..config_sections import DataConfig
 from ..errors import DataError
 from ..ijepa import ModelConfig
-from ..masks import MaskCollator, MaskConfig, build_mask_sampler
+from ..masks import MaskConfig, build_mask_sampler
 from ..models.pos_embed import to_2tuple
 from .bad_files import BadFileTracker
 from .base import ImageSource, SubsetSource
-from .config import DataConfig
+from .collate import MaskCollator
 from .datasets import EvalDataset, PretrainDataset
 from .sampler import KeyedBatchSampler
 from .sources import build_source, limit_samples
@@ -29,7 +30,7 @@ MAX_AUTO_WORKERS = 8
 class PretrainData:
     """Everything the trainer needs from the data side of a run."""
 
-    loader: DataLoader  # yields openjepa.masks.MaskedBatch
+    loader: DataLoader  # yields openjepa.data.collate.MaskedBatch
     batch_sampler: KeyedBatchSampler
     dataset: PretrainDataset
     steps_per_epoch: int

@@ -1,12 +1,24 @@
-"""Batches of ``(index, SampleKey)`` for one rank, resumable mid-epoch."""
+"""Batches of ``(index, SampleKey)`` for one rank, resumable mid-epoch; the keys make each sample's masks and crop
+a pure function of ``(seed, epoch, step)``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from torch.utils.data import DistributedSampler
 
-from ..masks import SampleKey
+
+@dataclass(frozen=True)
+class SampleKey:
+    """Where a sample sits in training: it makes masks a pure function of ``(seed, epoch, step)``."""
+
+    epoch: int
+    step: int  # batch index within the epoch
+    position: int  # row of this sample in the global (all-rank) batch
+    global_batch: int
+
+
 
 
 class KeyedBatchSampler:

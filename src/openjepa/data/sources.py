@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config_sections import DataConfig
 from .base import ImageSource, SubsetSource
 from .cifar import cifar_source
-from .config import DataConfig
 from .digits import digits_source
 from .folder import FolderSource
 from .idx import idx_source

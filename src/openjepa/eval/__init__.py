@@ -7,12 +7,13 @@ online monitor used during pretraining and the end-of-training report. Protocols
 >>> print(result.line())                                                        # doctest: +SKIP
 """
 
+from ..config_sections import EvalConfig
+from ..pretrained import LoadedEncoder, load_encoder, read_encoder
+from .baseline import random_init_like
 from .collapse import check_collapse, collapse_warning, feature_std, rankme
-from .config import EvalConfig
-from .features import Features, extract_features, load_features, pool_features, save_features
+from .features import Features, extract_features, load_features, pool_features, resolve_device, save_features
 from .knn import KnnResult, knn_classify
-from .loading import LoadedEncoder, load_encoder, random_init_like, read_encoder
-from .monitor import OnlineMonitor
+from .online_monitor import OnlineMonitor
 from .probe import LinearClassifier, ProbeResult, linear_probe
 from .report import FinalReport, final_report
 from .subsets import stratified_split, stratified_subset
@@ -39,6 +40,7 @@ __all__ = [
     "random_init_like",
     "rankme",
     "read_encoder",
+    "resolve_device",
     "save_features",
     "stratified_split",
     "stratified_subset",

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .config import EvalConfig
+from ..config_sections import EvalConfig
 
 _DEFAULTS = EvalConfig()
 RANKME_EPS = 1e-7  # added to the normalised singular values before the entropy (as in Garrido et al.)

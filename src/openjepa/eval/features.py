@@ -15,9 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..config_sections import POOLS
 from ..errors import UserError
 from ..models.vit import VisionTransformer
-from .config import POOLS
 
 UNLABELLED = -1  # the label stored for samples that have none
 FEATURE_SUFFIXES = (".npz", ".safetensors")
@@ -50,6 +50,23 @@ class Features:
 
     def subset(self, indices: torch.Tensor) -> Features:
         return Features(self.x[indices], self.y[indices], dict(self.meta))
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto``: CUDA when available, else Apple's MPS, else the CPU; otherwise the named device, checked."""
+    if name is None or str(name) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} was asked for but this machine has no usable CUDA GPU; use --device cpu")
+    return device
 
 
 def unwrap_encoder(encoder: nn.Module) -> VisionTransformer:

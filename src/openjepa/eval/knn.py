@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .accuracy import class_index, summary_line, topk_hits
 from .features import Features
-from .metrics import class_index, topk_hits
 
 SIMILARITY_BUDGET = 2**25  # similarity-matrix entries held at once (128 MiB in float32)
 
@@ -30,10 +30,8 @@ class KnnResult:
 
     def line(self, context: str = "") -> str:
         """One-line summary; ``context`` (e.g. ``"target encoder, mean pool"``) goes inside the parentheses."""
-        top5 = f" top-5 {self.top5:.3f}" if self.top5 is not None else ""
-        extra = f", {context}" if context else ""
-        return (f"k-NN top-1 {self.top1:.3f}{top5} (k={self.k}, T={self.temperature:g}; "
-                f"{self.n_train} train / {self.n_test} test{extra})")
+        return summary_line("k-NN", self.top1, self.top5, f"k={self.k}, T={self.temperature:g}", self.n_train,
+                            self.n_test, context)
 
     def to_dict(self) -> dict:
         return {"method": "knn", "top1": self.top1, "top5": self.top5, "k": self.k,

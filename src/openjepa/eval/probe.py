@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import EvalConfig
+from ..config_sections import EvalConfig
+from .accuracy import class_index, summary_line, topk_hits
 from .features import Features
-from .metrics import class_index, topk_hits
 from .subsets import stratified_split
 
 _DEFAULTS = EvalConfig()
@@ -56,10 +56,8 @@ class ProbeResult:
 
     def line(self, context: str = "") -> str:
         """One-line summary; ``context`` (e.g. ``"target encoder, mean pool"``) goes inside the parentheses."""
-        top5 = f" top-5 {self.top5:.3f}" if self.top5 is not None else ""
-        extra = f", {context}" if context else ""
-        return (f"linear probe top-1 {self.top1:.3f}{top5} (wd={self.weight_decay:.0e} chosen on "
-                f"{self.holdout_fraction:.0%} of train; {self.n_train} train / {self.n_test} test{extra})")
+        settings = f"wd={self.weight_decay:.0e} chosen on {self.holdout_fraction:.0%} of train"
+        return summary_line("linear probe", self.top1, self.top5, settings, self.n_train, self.n_test, context)
 
     def to_dict(self) -> dict:
         return {"method": "linear", "top1": self.top1, "top5": self.top5, "weight_decay": self.weight_decay,

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from ..config_sections import EvalConfig
+from .baseline import random_init_like
 from .collapse import rankme
-from .config import EvalConfig
 from .features import extract_features
 from .knn import KnnResult, knn_classify
-from .loading import random_init_like
 from .probe import ProbeResult, linear_probe
 from .subsets import dataset_labels, stratified_subset
 

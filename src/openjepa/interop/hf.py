@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..errors import UserError
+from ..arch_from_weights import block_count, mlp_ratio_for
+from ..checkpoint import load_checkpoint, load_safetensors, load_strict
+from ..errors import CheckpointError, UserError
 from ..models.vit import VisionTransformer
-from .architecture import block_count, mlp_ratio_for
+from ..pretrained import build_for_loading
+from .export_files import read_json, write_export, write_json
+from .export_source import ExportSource, float32_state, resolve_encoder
 from .provenance import ExportInfo, model_card
-from .sources import ExportSource, float32_state, resolve_encoder
-from .weights import build_for_loading, load_safetensors, load_strict, read_json, save_safetensors, write_json
 
 LAYOUTS = ("v5", "v4")
 BLOCK_ROOT = {"v5": "layers.", "v4": "encoder.layer."}
@@ -206,10 +207,7 @@ def export_hf(
     ``README.md`` stating the licence."""
     encoder, info = resolve_encoder(source, which, img_size, info)
     layout = installed_layout() if layout == "auto" else layout
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_safetensors(to_hf_state_dict(float32_state(encoder), layout), out / "model.safetensors")
-    write_json(hf_config(encoder), out / "config.json")
+    out = write_export(out_dir, to_hf_state_dict(float32_state(encoder), layout), hf_config(encoder))
     if info.mean is not None:
         write_json(preprocessor_config(encoder, info), out / "preprocessor_config.json")
     else:

@@ -11,22 +11,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import load_safetensors, load_strict
+from ..errors import CheckpointError
 from ..models.vit import VisionTransformer
+from ..pretrained import build_for_loading
+from ..version import __version__
+from .export_files import CONFIG, WEIGHTS, read_json, write_export
+from .export_source import ExportSource, float32_state, resolve_encoder
 from .provenance import ExportInfo
-from .sources import ExportSource, float32_state, resolve_encoder
-from .weights import build_for_loading, load_safetensors, load_strict, read_json, save_safetensors, write_json
 
 FORMAT = "openjepa-encoder"
 FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 
 
 def export_config(encoder: VisionTransformer, info: ExportInfo) -> dict[str, Any]:
     """The ``config.json`` of an export."""
-    from .. import __version__  # not at module level: openjepa/__init__ imports this package
-
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -54,11 +53,7 @@ def export_openjepa(
     """Write ``model.safetensors`` + ``config.json`` for one encoder of ``source`` (a checkpoint path, an
     :class:`IJEPA` or a :class:`VisionTransformer`); ``which`` is ``target`` (default) or ``context``."""
     encoder, info = resolve_encoder(source, which, img_size, info)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_safetensors(float32_state(encoder), out / WEIGHTS, {"openjepa_format": FORMAT})
-    write_json(export_config(encoder, info), out / CONFIG)
-    return out
+    return write_export(out_dir, float32_state(encoder), export_config(encoder, info), {"openjepa_format": FORMAT})
 
 
 def read_export_config(path: str | os.PathLike) -> dict[str, Any]:

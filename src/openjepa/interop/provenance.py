@@ -9,9 +9,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .official import OFFICIAL_LICENSE, OPENJEPA_LICENSE, is_official_checkpoint
+from ..checkpoint import OFFICIAL_LICENSE, OPENJEPA_LICENSE, is_official_checkpoint
+from ..data.stats import IMAGENET_MEAN, IMAGENET_STD, adapt_stats
+from ..errors import UserError
 
-# Datasets whose default normalisation is ImageNet's (see openjepa.data.config.DataConfig); the others use
+# Datasets whose default normalisation is ImageNet's (see openjepa.config_sections.DataConfig); the others use
 # statistics measured on the data, which only the trainer knows (it records them as ``normalization``).
 IMAGENET_STATS_DATASETS = ("folder", "cifar10", "cifar100")
 
@@ -46,8 +48,6 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def _imagenet_stats(channels: int) -> tuple[list[float], list[float]]:
-    from ..data.stats import IMAGENET_MEAN, IMAGENET_STD, adapt_stats
-
     mean, std = adapt_stats(IMAGENET_MEAN, IMAGENET_STD, channels)
     return list(mean), list(std)
 
@@ -109,8 +109,6 @@ def info_from_checkpoint(
 
 def check_stats(mean: Sequence[float] | None, std: Sequence[float] | None, channels: int) -> None:
     """Mean and std given together, one value per input channel, positive stds."""
-    from ..errors import UserError
-
     if (mean is None) != (std is None):
         raise UserError("give both mean and std, or neither")
     if mean is not None and (len(mean) != channels or len(std) != channels or min(std) <= 0):

@@ -31,12 +31,14 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointError, load_checkpoint, strip_prefix
+from ..checkpoint import load_checkpoint, load_safetensors, load_strict, strip_prefix
+from ..errors import CheckpointError
 from ..models.layers import LAYER_NORM_EPS
 from ..models.vit import PRESETS, VisionTransformer
+from ..pretrained import build_for_loading
+from .export_files import read_json, write_export
+from .export_source import ExportSource, float32_state, resolve_encoder
 from .provenance import ExportInfo, model_card
-from .sources import ExportSource, float32_state, resolve_encoder
-from .weights import build_for_loading, load_safetensors, load_strict, read_json, save_safetensors, write_json
 
 # timm models registered with exactly the I-JEPA encoder's structure (no class token, average pool, per-token
 # final norm), keyed by (preset, patch size, image size). Any other architecture uses GENERIC_NAME: the
@@ -159,10 +161,7 @@ def export_timm(
                       f"{TIMM_LAYER_NORM_EPS:g} (outputs will differ slightly)", stacklevel=2)
     if info.mean is None:
         warnings.warn("normalisation unknown: config.json records no mean/std", stacklevel=2)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_safetensors(to_timm_state_dict(float32_state(encoder)), out / "model.safetensors")
-    write_json(timm_config(encoder, info), out / "config.json")
+    out = write_export(out_dir, to_timm_state_dict(float32_state(encoder)), timm_config(encoder, info))
     (out / "README.md").write_text(model_card(info, "timm", TIMM_USAGE))
     return out
 

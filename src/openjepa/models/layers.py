@@ -143,6 +143,34 @@ class Block(nn.Module):
         x = x[:, x.shape[1] - num_queries :] + self.drop_path(self.attn.attention(q, k, v))
         return self.feed_forward(x)
 
+    def forward_shared_context(self, context: torch.Tensor, queries: torch.Tensor, num_blocks: int,
+                               last: bool = False) -> torch.Tensor:
+        """The block on the ``M * B`` sequences ``[context of image b, queries of block m of image b]`` (the
+        predictor's first block), given ``context`` ``[B, Kc, D]`` and ``queries`` ``[M*B, Kt, D]``.
+
+        The context half of every sequence is the same for the ``M`` blocks of an image until its first attention,
+        so its ``norm1`` and ``qkv`` are computed once per image and broadcast; the result is that of running
+        :meth:`forward` on the concatenated sequences. When it is also the ``last`` block only the queries are
+        output (as :meth:`forward_last` does).
+        """
+        batch = context.shape[0]
+        num_queries = queries.shape[1]
+
+        def per_block(t: torch.Tensor) -> torch.Tensor:  # [B, K, C] -> [M, B, K, C] without a copy
+            return t.unsqueeze(0).expand(num_blocks, -1, -1, -1)
+
+        def joined(ctx: torch.Tensor, qry: torch.Tensor) -> torch.Tensor:  # -> [M*B, Kc + Kt, C]
+            qry = qry.view(num_blocks, batch, num_queries, qry.shape[-1])
+            return torch.cat([per_block(ctx), qry], dim=2).flatten(0, 1)
+
+        w, b = self.attn.qkv.weight, self.attn.qkv.bias
+        qkv = joined(linear(self.norm1(context), w, b), linear(self.norm1(queries), w, b))
+        if last:
+            x = queries + self.drop_path(self.attn.attend(qkv, num_queries))
+        else:
+            x = joined(context, queries) + self.drop_path(self.attn.attend(qkv))
+        return self.feed_forward(x)
+
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patches through a strided convolution: ``[B, C, H, W] -> [B, H/p * W/p, D]``."""

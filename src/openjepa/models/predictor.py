@@ -117,7 +117,7 @@ class VisionTransformerPredictor(nn.Module):
         blocks = list(self.predictor_blocks)
         if not blocks:
             return linear(self.predictor_norm(queries), proj.weight, proj.bias)
-        x = self._run(self._first_block, blocks[0], x, queries, num_blocks, len(blocks) == 1)
+        x = self._run(blocks[0].forward_shared_context, x, queries, num_blocks, len(blocks) == 1)
         for blk in blocks[1:-1]:
             x = self._run(blk, x)
         if len(blocks) > 1:
@@ -128,29 +128,3 @@ class VisionTransformerPredictor(nn.Module):
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
-
-    @staticmethod
-    def _first_block(blk: Block, context: torch.Tensor, queries: torch.Tensor, num_blocks: int, last: bool):
-        """The first block on the ``M * B`` sequences ``[context of image b, queries of block m of image b]``.
-
-        The context half of every sequence is the same for the ``M`` blocks of an image until its first attention,
-        so its ``norm1`` and ``qkv`` are computed once per image and broadcast; the result is that of running the
-        block on the concatenated sequences. When it is also the ``last`` block only the queries are output.
-        """
-        batch, num_context, dim = context.shape
-        num_queries = queries.shape[1]
-
-        def per_block(t: torch.Tensor) -> torch.Tensor:  # [B, K, C] -> [M, B, K, C] without a copy
-            return t.unsqueeze(0).expand(num_blocks, -1, -1, -1)
-
-        def joined(ctx: torch.Tensor, qry: torch.Tensor) -> torch.Tensor:  # -> [M*B, Kc + Kt, C]
-            qry = qry.view(num_blocks, batch, num_queries, qry.shape[-1])
-            return torch.cat([per_block(ctx), qry], dim=2).flatten(0, 1)
-
-        w, b = blk.attn.qkv.weight, blk.attn.qkv.bias
-        qkv = joined(linear(blk.norm1(context), w, b), linear(blk.norm1(queries), w, b))
-        if last:
-            x = queries + blk.drop_path(blk.attn.attend(qkv, num_queries))
-        else:
-            x = joined(context, queries) + blk.drop_path(blk.attn.attend(qkv))
-        return blk.feed_forward(x)

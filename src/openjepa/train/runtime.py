@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -89,13 +90,17 @@ def shutdown_runtime(runtime: Runtime) -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_mean(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """Mean of a tensor over all processes (a copy; the input is untouched)."""
-    if not runtime.distributed:
-        return value
-    out = value.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / runtime.world_size
+
+
+def exchange(values: torch.Tensor, flags: Sequence[bool], runtime: Runtime) -> tuple[list[float], list[bool]]:
+    """``values`` (a 1-D tensor) as their mean over processes and ``flags`` as true on every process if true on
+    any, read to the host together: one all-reduce and one host sync, however many values and flags."""
+    packed = torch.cat([values.float(), torch.tensor([float(f) for f in flags], device=values.device)])
+    if runtime.distributed:
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    host = packed.tolist()
+    count = len(values)
+    return [v / runtime.world_size for v in host[:count]], [f > 0 for f in host[count:]]
 
 
 def any_process(flag: bool, runtime: Runtime) -> bool:

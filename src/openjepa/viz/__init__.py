@@ -6,42 +6,29 @@
 * :func:`predictions_picture`: nearest-neighbour retrieval of predicted and true target patches.
 
 Each returns a ``PIL.Image`` (``save_run_plot`` writes its PNG directly); :func:`save_png` writes one.
-The ``openjepa viz`` command wraps them. Names are imported on first use, so that the trainer's import of
-``openjepa.viz.run`` stays light.
+The ``openjepa viz`` command wraps them; :func:`load_trained` (from :mod:`openjepa.pretrained`) gives the model.
 """
 
-from __future__ import annotations
+from ..pretrained import load_trained
+from .draw import save_png
+from .features import features_picture, patch_pca, render_feature_pca
+from .masks import masks_picture, render_masks, training_masks
+from .predictions import predict_and_retrieve, predictions_picture, render_predictions
+from .run import read_run, render_run, save_run_plot
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "masks_picture": "masks",
-    "render_masks": "masks",
-    "training_masks": "masks",
-    "features_picture": "features",
-    "patch_pca": "features",
-    "render_feature_pca": "features",
-    "render_run": "run",
-    "read_run": "run",
-    "save_run_plot": "run",
-    "predictions_picture": "predictions",
-    "predict_and_retrieve": "predictions",
-    "render_predictions": "predictions",
-    "load_trained": "sources",
-    "save_png": "draw",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_EXPORTS))
-
-
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "features_picture",
+    "load_trained",
+    "masks_picture",
+    "patch_pca",
+    "predict_and_retrieve",
+    "predictions_picture",
+    "read_run",
+    "render_feature_pca",
+    "render_masks",
+    "render_predictions",
+    "render_run",
+    "save_png",
+    "save_run_plot",
+    "training_masks",
+]

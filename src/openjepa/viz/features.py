@@ -14,9 +14,10 @@ from PIL import Image
 
 from ..data import DataConfig
 from ..models.vit import VisionTransformer
+from ..pretrained import TrainedModel
 from .draw import INK, MUTED, SMALL_SIZE, TITLE_SIZE, TileLayout, fit_text, new_canvas, put_text
 from .images import display_scale, enlarge
-from .sources import TrainedModel
+from .inputs import eval_images
 
 HEADER = 66
 PAIR_GAP = 4  # between an image and its feature map
@@ -130,8 +131,6 @@ def features_picture(trained: TrainedModel, data: DataConfig | None = None, spli
                      which: str = "target", seed: int = 0, columns: int = 4) -> Image.Image:
     """PCA pictures of ``count`` images of ``split`` (default: the run's own dataset) from the ``target`` (EMA,
     default) or ``context`` encoder of a trained model."""
-    from .sources import eval_images
-
     encoders = {"target": trained.model.target_encoder, "context": trained.model.encoder}
     if which not in encoders:
         raise ValueError(f"which must be 'target' or 'context', got {which!r}")

@@ -12,10 +12,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..config import RunConfig
-from ..masks import BlockMasks, MaskCollator, SampleKey, build_mask_sampler
-from .draw import (INK, MUTED, PALETTE, SMALL_SIZE, TITLE_SIZE, TileLayout, draw_legend, fit_text, new_canvas,
-                   put_text)
+from ..data.collate import MaskCollator
+from ..data.sampler import SampleKey
+from ..masks import BlockMasks, build_mask_sampler
+from .draw import INK, MUTED, PALETTE, SMALL_SIZE, TITLE_SIZE, TileLayout, draw_legend, fit_text, new_canvas, put_text
 from .images import PatchGrid, display_scale, enlarge
+from .inputs import eval_images, training_batch
 
 CONTEXT_COLOUR = PALETTE[0]
 TARGET_COLOURS = PALETTE[1:7]
@@ -143,8 +145,6 @@ def masks_picture(config: RunConfig, count: int = 8, epoch: int = 0, step: int =
     ``views="plain"``: whole images of the training split (centre crop) under the same masks, which makes it
     easier to judge block sizes against the objects of a dataset.
     """
-    from .sources import eval_images, training_batch
-
     if views == "training":
         batch, masks = training_batch(config, epoch, step, count)
     elif views == "plain":

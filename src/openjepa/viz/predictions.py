@@ -22,11 +22,13 @@ from tqdm.auto import tqdm
 
 from ..data import DataConfig
 from ..ijepa import IJEPA, layer_norm_targets
-from ..masks import BlockMasks, build_mask_sampler, seeded_generator
+from ..masks import BlockMasks, build_mask_sampler
+from ..pretrained import TrainedModel
+from ..seeding import seeded_generator
 from .draw import INK, MUTED, SMALL_SIZE, TITLE_SIZE, fit_text, new_canvas, put_text
 from .images import crop_around, display_scale
-from .masks import overlay_masks
-from .sources import TrainedModel
+from .inputs import eval_images
+from .masks import overlay_masks, patch_grid_of
 
 CROP_PX = 96  # side of a retrieved patch's crop (the patch and one patch of context around it)
 MARGIN = 12
@@ -262,9 +264,6 @@ def predictions_picture(trained: TrainedModel, data: DataConfig | None = None, s
     """Retrieval picture for ``queries`` images of ``split`` against a bank of the patches of ``bank_images``
     other images of the same split (default dataset: the run's own). Masks are drawn by the training sampler
     from ``seed``."""
-    from .masks import patch_grid_of
-    from .sources import eval_images
-
     data = data or trained.config.data
     cfg = trained.config
     batch = eval_images(data, cfg, split, queries, seed)

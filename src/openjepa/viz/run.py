@@ -18,11 +18,10 @@ import yaml
 from PIL import Image
 
 from ..errors import UserError
+from ..run_folder import CONFIG, CURVES_PNG, METRICS_CSV, MONITOR_CSV
 from .chart import Series, draw_chart, smooth
 from .draw import MUTED, PALETTE, SMALL_SIZE, TITLE_SIZE, fit_text, new_canvas, put_text, save_png
 
-METRICS_CSV = "metrics.csv"  # the trainer's file names (openjepa.train.metrics)
-MONITOR_CSV = "monitor.csv"
 PANEL_SIZE = (400, 250)  # width, height of one chart
 COLUMNS = 3
 HEADER = 58  # title and summary lines above the charts
@@ -103,9 +102,9 @@ def read_run(run_dir: str | os.PathLike) -> RunCurves:
         raise UserError(f"{run_dir / METRICS_CSV} has no logged step yet (empty, or no 'step' column)")
     monitor = read_numeric_csv(run_dir / MONITOR_CSV)
     config: dict = {}
-    if (run_dir / "config.yaml").is_file():
+    if (run_dir / CONFIG).is_file():
         try:
-            config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+            config = yaml.safe_load((run_dir / CONFIG).read_text()) or {}
         except yaml.YAMLError:
             config = {}  # the picture does not need the config; a damaged one only loses the header details
     return RunCurves(run_dir.resolve().name, steps, monitor if "step" in monitor else {}, config)
@@ -243,13 +242,13 @@ def render_run(run: str | os.PathLike | RunCurves) -> Image.Image:
 
 
 def save_run_plot(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path | None:
-    """Write the training-curves PNG of ``run_dir`` to ``out`` (default ``run_dir/curves.png``).
+    """Write the training-curves PNG of ``run_dir`` to ``out`` (default ``RUN_DIR/curves.png``).
 
     Safe to call from a training loop: returns ``None`` (and draws nothing) when the run has no logged step yet,
     and turns any other failure into a warning, because a picture must never stop a training run.
     """
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / "curves.png"
+    out = Path(out) if out is not None else run_dir / CURVES_PNG
     try:
         curves = read_run(run_dir)
     except UserError:

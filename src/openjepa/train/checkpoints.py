@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from .. import __version__
-from ..checkpoint import CheckpointError, add_prefix, load_checkpoint, load_weights, save_checkpoint
+from ..checkpoint import (
+    add_prefix,
+    is_official_checkpoint,
+    load_checkpoint,
+    load_strict,
+    misfits,
+    save_checkpoint,
+    strip_prefix,
+)
+from ..errors import CheckpointError
 from ..ijepa import IJEPA
-from ..interop.official import is_official_checkpoint, load_optimizer_state, official_to_training_state
+from ..run_folder import LATEST, epoch_checkpoint_name
+from ..version import __version__
+from .resume_state import load_optimizer_state, resumable_state
 
-if TYPE_CHECKING:
-    from ..config import RunConfig
-
-LATEST = "jepa-latest.pth.tar"
-RUN_CONFIG = "config.yaml"
-
-
-def epoch_checkpoint_name(epoch: int) -> str:
-    return f"jepa-ep{epoch}.pth.tar"
+# The checkpoint key of the input normalisation: spelt as in the released code's American English, and kept so
+# because checkpoints written by earlier versions carry it.
+NORMALISATION_KEY = "normalization"
+RESUME_ADVICE = ("check that the config's model section (arch, patch_size, img_size, pred_depth, pred_emb_dim) "
+                 "matches the checkpoint's")
 
 
 @dataclass
@@ -33,6 +37,12 @@ class Position:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
+
+    def after_step(self) -> Position:
+        return Position(self.epoch, self.step_in_epoch + 1, self.global_step + 1)
+
+    def after_epoch(self) -> Position:
+        return Position(self.epoch + 1, 0, self.global_step)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -61,7 +71,7 @@ def training_state(
     batch_size: int,
     world_size: int,
     config: dict[str, Any],
-    normalization: dict[str, list[float]] | None = None,
+    normalisation: dict[str, list[float]] | None = None,
     provenance: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict: the released layout (``module.``-prefixed state dicts, ``opt``, ``epoch``...) plus
@@ -69,7 +79,7 @@ def training_state(
     started from released weights) their ``license`` and ``source``, which exports carry on."""
     return {
         **(provenance or {}),
-        "normalization": normalization,
+        NORMALISATION_KEY: normalisation,
         "encoder": add_prefix(model.encoder.state_dict()),
         "predictor": add_prefix(model.predictor.state_dict()),
         "target_encoder": add_prefix(model.target_encoder.state_dict()),
@@ -96,23 +106,6 @@ def save_training_state(state: dict[str, Any], run_dir: Path, keep_epoch: int | 
     return latest
 
 
-def save_run_config(config: RunConfig, run_dir: Path) -> Path:
-    """Write ``config.yaml`` atomically: ``--resume RUN_DIR`` reads it back, and a process killed while writing
-    it must not leave a truncated file that would resume under different (default) settings."""
-    path = run_dir / RUN_CONFIG
-    fd, tmp = tempfile.mkstemp(prefix=f".{RUN_CONFIG}.", suffix=".tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(config.to_yaml())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def provenance_of(state: dict[str, Any]) -> dict[str, str]:
     """``license`` / ``source`` of the weights a run resumed from (released weights keep their licence)."""
     return {k: state[k] for k in ("license", "source") if state.get(k)}
@@ -134,10 +127,10 @@ def restore_training_state(
         if key not in state:
             raise CheckpointError(f"{path} is not an I-JEPA training checkpoint: it has no '{key}' entry")
     if is_official_checkpoint(state):  # released weights: shape-checked optimizer state, resampled positions
-        state = official_to_training_state(state, img_size=model.encoder.patch_embed.img_size[0])
-    load_weights(model.encoder, state["encoder"], "context encoder")
-    load_weights(model.predictor, state["predictor"], "predictor")
-    load_weights(model.target_encoder, state["target_encoder"], "target encoder")
+        state = resumable_state(state, str(path), img_size=model.encoder.patch_embed.img_size[0])
+    for key, module, what in (("encoder", model.encoder, "context encoder"), ("predictor", model.predictor,
+                              "predictor"), ("target_encoder", model.target_encoder, "target encoder")):
+        load_strict(module, state[key], what, str(path), advice=_resume_advice(module, state[key]))
     if state.get("opt") is not None:
         load_optimizer_state(optimizer, state["opt"], str(path))
     if scaler is not None and state.get("scaler"):
@@ -149,3 +142,13 @@ def restore_training_state(
     if step_in_epoch >= steps_per_epoch:  # saved at an epoch's end under another batch size
         epoch, step_in_epoch = epoch + 1, 0
     return Position(epoch, step_in_epoch, global_step), state
+
+
+def _resume_advice(module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> str:
+    """What to do when a checkpoint's weights do not fit the model that the run's config builds."""
+    shapes = misfits(module, strip_prefix(state_dict))["wrong_shapes"]
+    if not shapes:
+        return f"The run's config builds another model than the checkpoint holds; {RESUME_ADVICE}"
+    key, expected, found = shapes[0]
+    return (f"The run's config builds another model than the checkpoint holds (checkpoint {found} vs model "
+            f"{expected} for {key}); {RESUME_ADVICE}")

@@ -1,4 +1,4 @@
-"""Accuracy helpers shared by the linear probe and k-NN."""
+"""Accuracy helpers shared by the linear probe and k-NN: labels to class indices, top-k hits."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ def class_index(train_labels: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     pos = torch.searchsorted(classes, labels).clamp(max=len(classes) - 1)
     other_idx = torch.where(classes[pos] == labels, pos, torch.full_like(pos, -1))
     return classes, train_idx, other_idx
+
+
+def summary_line(method: str, top1: float, top5: float | None, settings: str, n_train: int, n_test: int,
+                 context: str = "") -> str:
+    """``METHOD top-1 0.912 top-5 0.990 (SETTINGS; N train / M test, CONTEXT)``: one result on one line."""
+    top5_text = f" top-5 {top5:.3f}" if top5 is not None else ""
+    extra = f", {context}" if context else ""
+    return f"{method} top-1 {top1:.3f}{top5_text} ({settings}; {n_train} train / {n_test} test{extra})"
 
 
 def topk_hits(scores: torch.Tensor, targets: torch.Tensor, k: int, positive_only: bool = False) -> torch.Tensor:

@@ -1,21 +1,18 @@
-"""Where the pictures get their inputs: images of a dataset (with the normalisation to undo) and trained models."""
+"""What the pictures are drawn from: images of a dataset split or of a training step, with the normalisation to undo
+(trained models come from :func:`openjepa.pretrained.load_trained`)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import CheckpointError
-from ..config import ConfigError, RunConfig, from_dict, load_config
-from ..data import DataConfig, build_eval_dataset, build_pretrain_loader
-from ..data.loader import check_channels, normalisation
+from ..config import RunConfig
+from ..config_sections import DataConfig
+from ..data.loader import build_eval_dataset, build_pretrain_loader, check_channels, normalisation
 from ..errors import UserError
-from ..ijepa import IJEPA
 from ..masks import BlockMasks
 from .images import denormalise
 
@@ -83,48 +80,3 @@ def training_batch(config: RunConfig, epoch: int = 0, step: int = 0, count: int 
     images = ImageBatch(batch.images[:n], batch.labels[:n], tuple(loaded.mean), tuple(loaded.std),
                         tuple(source.classes), config.data.dataset)
     return images, BlockMasks(batch.context[:n], batch.targets[:, :n])
-
-
-# -- configs and checkpoints ------------------------------------------------------------------------------------------
-def run_config_from(source: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
-    """A recipe name, a YAML file, or a run folder (its ``config.yaml``), with dotted overrides."""
-    if source is not None and Path(source).is_dir():
-        saved = Path(source) / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"{source} is a folder without config.yaml; pass a recipe name, a YAML file or a "
-                              f"run folder written by `openjepa pretrain`")
-        source = saved
-    return load_config(source, overrides)
-
-
-@dataclass
-class TrainedModel:
-    """An I-JEPA model rebuilt from a checkpoint, with the run config it was trained with."""
-
-    model: IJEPA
-    config: RunConfig  # the recorded one (defaults for a released checkpoint), its model section the weights'
-    recorded: dict | None  # the recorded config as a plain dict (None: a released checkpoint)
-    origin: str
-
-    def with_settings(self, config: RunConfig) -> TrainedModel:
-        """The same model under other data / mask settings (its model section is kept)."""
-        return replace(self, config=replace(config, model=self.config.model))
-
-
-def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild the model of an openjepa training checkpoint (file or run folder) or of a released I-JEPA one.
-
-    Released checkpoints record no run config: their model section is read off the weights and the other
-    sections take their defaults (pass other settings with :meth:`TrainedModel.with_settings`).
-    """
-    from ..eval.loading import checkpoint_file
-    from ..interop.official import model_config_of, model_from_state, read_checkpoint
-
-    state, origin = read_checkpoint(checkpoint_file(path))
-    model = model_from_state(state, origin).to(device).eval()
-    recorded = state.get("config") if isinstance(state.get("config"), dict) else None
-    try:
-        run_config = from_dict(recorded) if recorded is not None else RunConfig()
-    except ConfigError as exc:
-        raise CheckpointError(f"the run config recorded in {origin} is invalid: {exc}") from exc
-    return TrainedModel(model, replace(run_config, model=model_config_of(state, origin)), recorded, origin)

@@ -1,5 +1,5 @@
-"""Command-line pieces shared by several subcommands: which dataset to read (``--data``, ``--data-path``,
-``--split``) on top of the data settings of a run or recipe."""
+"""The dataset flags shared by several subcommands: which dataset to read (``--data``, ``--data-path``, ``--split``) on
+top of the data settings of a run or recipe."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..data.config import DATASETS, DataConfig
+from ..config_sections import DATASETS, DataConfig
 from ..errors import UserError
 
 DATA_HELP = (

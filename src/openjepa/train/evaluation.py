@@ -1,4 +1,4 @@
-"""The trainer's view of evaluation: the online monitor between epochs and the final probe at the end."""
+"""Evaluation as the trainer runs it: the online monitor between epochs and the final probe at the end."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from torch.utils.data import Dataset, Subset
 from ..config import RunConfig
 from ..data import build_eval_dataset
 from ..errors import DataError
-from ..eval.monitor import OnlineMonitor
+from ..eval.online_monitor import OnlineMonitor
 from ..eval.report import final_report
+from ..run_folder import FINAL_JSON
 
 
 def has_test_split(cfg: RunConfig) -> bool:
@@ -57,5 +58,5 @@ class RunMonitor:
     def final(self, encoder: torch.nn.Module, run_dir: Path) -> str:
         """Probe the pretrained target encoder and the same architecture at random init; write final.json."""
         report = final_report(encoder, None, self.train_ds, self.test_ds, self.cfg.eval, self.device)
-        (run_dir / "final.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        (run_dir / FINAL_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         return report.line()

@@ -1,21 +1,22 @@
-"""Per-step CSV log, monitor CSV and optional TensorBoard for a run (written by rank 0 only)."""
+"""What a run writes about its progress: the per-step CSV, the monitor CSV and optional TensorBoard events
+(process 0 only). The trainer's view: :class:`RunLog`."""
 
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..atomic_write import atomic_write
 from ..errors import UserError
+from ..run_folder import METRICS_CSV, MONITOR_CSV, TENSORBOARD
 
 STEP_FIELDS = (
     "step", "epoch", "loss", "lr", "wd", "momentum", "context_len", "target_len", "step_ms", "data_ms",
     "images_per_s",
 )
-METRICS_CSV = "metrics.csv"
-MONITOR_CSV = "monitor.csv"
+GRAD_NORM_FIELD = "grad_norm"  # logged when optim.grad_clip computes the norm anyway
 
 
 class CsvLog:
@@ -32,9 +33,9 @@ class CsvLog:
             self._truncate(keep_until)
         elif keep_until is None and path.exists():
             path.unlink()
-        if path.exists() and self.fields is None:
+        if path.exists():  # a resumed log keeps its header, whatever the new run would log
             with path.open(newline="") as f:
-                self.fields = next(csv.reader(f), None)
+                self.fields = next(csv.reader(f), None) or self.fields
 
     def _truncate(self, keep_until: int) -> None:
         with self.path.open(newline="") as f:
@@ -44,14 +45,10 @@ class CsvLog:
         if not fields:
             self.path.unlink()
             return
-        # Rewritten through a temporary file and a rename: a kill at this moment must not lose the history.
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_write(self.path) as f:  # a kill at this moment must not lose the history
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(kept)
-        os.replace(tmp, self.path)
-        self.fields = self.fields or fields
 
     def write(self, row: Mapping[str, Any]) -> None:
         new = not self.path.exists()
@@ -75,7 +72,7 @@ class TensorBoard:
 
     def __init__(self, log_dir: Path, purge_step: int | None = None):
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # lazy: optional dependency (the tensorboard extra)
         except ImportError as exc:
             raise UserError(
                 "train.tensorboard=true needs the tensorboard package: pip install tensorboard "
@@ -96,10 +93,11 @@ class RunLog:
     """Everything a run writes about its progress: ``metrics.csv`` (every step), ``monitor.csv`` (every online
     evaluation) and, optionally, TensorBoard events."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool):
-        self.steps = CsvLog(run_dir / METRICS_CSV, STEP_FIELDS, keep_until=resume_step)
+    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool, grad_norm: bool = False):
+        fields = (*STEP_FIELDS, GRAD_NORM_FIELD) if grad_norm else STEP_FIELDS
+        self.steps = CsvLog(run_dir / METRICS_CSV, fields, keep_until=resume_step)
         self.monitor = CsvLog(run_dir / MONITOR_CSV, keep_until=resume_step)
-        self.tb = TensorBoard(run_dir / "tensorboard", purge_step=resume_step) if tensorboard else None
+        self.tb = TensorBoard(run_dir / TENSORBOARD, purge_step=resume_step) if tensorboard else None
 
     def step(self, row: Mapping[str, Any]) -> None:
         self.steps.write(row)
@@ -112,5 +110,7 @@ class RunLog:
             self.tb.log(row, int(row["step"]), "monitor")
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer (the CSV files are closed after every row)."""
         if self.tb:
             self.tb.close()
+            self.tb = None

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from ..config_sections import EvalConfig
 from .collapse import collapse_warning, feature_std, rankme
-from .config import EvalConfig
 from .features import Features, extract_features, make_loader
 from .knn import knn_classify
 from .probe import linear_probe

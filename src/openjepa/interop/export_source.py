@@ -1,4 +1,5 @@
-"""What can be exported: a checkpoint file (openjepa's or a released one), an IJEPA model or one encoder."""
+"""What can be exported: a checkpoint file or run folder (openjepa's or a released one), an IJEPA model or one
+encoder; and the :class:`ExportInfo` that goes with it."""
 
 from __future__ import annotations
 
@@ -13,22 +14,10 @@ import torch
 from ..errors import UserError
 from ..ijepa import IJEPA
 from ..models.vit import VisionTransformer
-from .official import ENCODERS, check_img_size, encoder_from_state, read_checkpoint
+from ..pretrained import ENCODERS, encoder_at, read_encoder
 from .provenance import ExportInfo, check_stats, info_from_checkpoint
 
 ExportSource = str | os.PathLike | Mapping[str, Any] | IJEPA | VisionTransformer
-
-
-def encoder_at(encoder: VisionTransformer, img_size: int) -> VisionTransformer:
-    """A copy of ``encoder`` built for ``img_size`` images, its position embeddings resampled bicubically."""
-    check_img_size(img_size, encoder.patch_size)
-    arch = encoder.arch()
-    arch["img_size"] = img_size
-    resized = VisionTransformer(**arch, norm_eps=encoder.norm.eps)
-    weights = dict(encoder.state_dict())
-    weights["pos_embed"] = encoder.pos_embed_for(resized.grid_size)
-    resized.load_state_dict(weights)
-    return resized.eval()
 
 
 def resolve_encoder(
@@ -46,10 +35,10 @@ def resolve_encoder(
     elif isinstance(source, IJEPA):
         encoder = source.target_encoder if which == "target" else source.encoder
     else:
-        state, origin = read_checkpoint(source)
-        encoder = encoder_from_state(state, origin, which, img_size)
+        loaded = read_encoder(source, which, img_size)
+        encoder = loaded.encoder
         if info is None:
-            return encoder, info_from_checkpoint(state, which, encoder.in_chans)
+            return encoder, info_from_checkpoint(loaded.metadata, which, encoder.in_chans)
         img_size = None  # already built at that size
     if img_size is not None and img_size != encoder.patch_embed.img_size[0]:
         encoder = encoder_at(encoder, img_size)

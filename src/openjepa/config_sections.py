@@ -1,0 +1,155 @@
+"""The settings sections of a run that belong to the floors above the core: ``data``, ``optim``, ``train`` and
+``eval`` (``model`` is :class:`openjepa.ijepa.ModelConfig`, ``mask`` :class:`openjepa.masks.MaskConfig`).
+
+They live here, below :mod:`openjepa.config` which assembles them into a :class:`~openjepa.config.RunConfig`, so
+that reading a config never imports the data pipeline, the trainer or the evaluation code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATASETS = ("digits", "folder", "idx", "mnist", "fashion_mnist", "cifar10", "cifar100")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how training views are made.
+
+    ``dataset``: ``digits`` (embedded, scikit-learn's 8x8 digits upscaled), ``folder`` (any directory tree of
+    images; labels from first-level sub-folders when there are any), ``idx`` / ``mnist`` / ``fashion_mnist``
+    (IDX files, gz or raw), ``cifar10`` / ``cifar100`` (the python batches). All read from local paths only.
+    """
+
+    dataset: str = "digits"
+    path: str | None = None  # None: the dataset's default location (fashion_mnist: the Debian package's)
+    batch_size: int = 64  # per process; the global batch is batch_size * world size
+    num_workers: int | None = None  # None: chosen from the dataset and the machine
+    crop_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop area range (the released recipe's)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)  # RandomResizedCrop aspect-ratio range
+    hflip: bool = False
+    mean: tuple[float, ...] | None = None  # None: the dataset's own statistics (ImageNet's for folders)
+    std: tuple[float, ...] | None = None
+    # Train on N samples only (quick trials): a fixed random subset (the same for every seed and run), so that a
+    # folder sorted by class does not shrink to its first classes.
+    max_samples: int | None = None
+    pin_memory: bool = True  # only takes effect on CUDA
+    eval_crop: float = 1.0  # evaluation keeps this fraction of the shorter side (0.875: the usual ImageNet crop)
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0 (or null for automatic), got {self.num_workers}")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"data.crop_scale must be an increasing pair within (0, 1], got {list(self.crop_scale)}")
+        lo, hi = self.crop_ratio
+        if not 0 < lo <= hi:
+            raise ValueError(f"data.crop_ratio must be an increasing pair of positive numbers, got "
+                             f"{list(self.crop_ratio)}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("set both data.mean and data.std, or neither (to use the dataset's statistics)")
+        if self.mean is not None and (len(self.mean) != len(self.std) or not self.mean):
+            raise ValueError(f"data.mean and data.std must be non-empty lists of the same length, got "
+                             f"{list(self.mean)} and {list(self.std)}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"data.std values must be positive, got {list(self.std)}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"data.max_samples must be >= 1 (or null for all), got {self.max_samples}")
+        if not 0 < self.eval_crop <= 1:
+            raise ValueError(f"data.eval_crop must be within (0, 1], got {self.eval_crop}")
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up + cosine LR, cosine weight decay and a linear EMA ramp (released defaults)."""
+
+    epochs: int = 300
+    lr: float = 1e-3
+    start_lr: float = 2e-4
+    final_lr: float = 1e-6
+    warmup_epochs: float = 40
+    weight_decay: float = 0.04
+    final_weight_decay: float = 0.4
+    ema: tuple[float, float] = (0.996, 1.0)
+    ipe_scale: float = 1.0  # stretch the schedules to ipe_scale x the training length, as the released code can
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Where and how the run executes."""
+
+    out_dir: str = "runs/ijepa"
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else mps, else cpu
+    precision: str = "auto"  # auto: bf16 autocast on GPUs that support it, fp32 elsewhere
+    compile: bool = False  # torch.compile the model
+    grad_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
+    checkpoint_every: int = 1  # epochs between rewrites of jepa-latest.pth.tar (the last epoch always writes it)
+    keep_every: int = 0  # also keep a numbered copy, jepa-epN.pth.tar, every N epochs (0: latest only)
+    log_every: int = 10  # steps between updates of the progress bar's mean loss (on a terminal)
+    progress_seconds: float = 30.0  # without a terminal (CI, nohup, SLURM): seconds between plain progress lines
+    tensorboard: bool = False
+    max_minutes: float | None = None  # stop cleanly (with a checkpoint) after this much wall-clock time
+    max_steps: int | None = None  # stop cleanly after this many steps (schedules still span all epochs)
+    skip_nonfinite: int = 0  # skip up to N batches whose loss is NaN/inf before stopping the run
+    threads: int | None = None  # CPU threads for torch (None: torch's default)
+
+    def __post_init__(self):
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ValueError(f"train.device must be one of {DEVICES} or cuda:N, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+METHODS = ("knn", "linear")
+POOLS = ("mean", "concat4")
+
+
+@dataclass
+class EvalConfig:
+    """How representations are evaluated (see docs/evaluation.md for the exact protocols)."""
+
+    online_every: int = 1  # epochs between online monitor runs (0: never)
+    online_method: str = "knn"  # knn or linear
+    online_train_samples: int = 2000  # labelled subset the monitor fits on
+    online_test_samples: int = 1000  # and evaluates on
+    final_probe: bool = True  # at the end of pretraining: linear probe of the target encoder vs random init
+    final_train_samples: int | None = None  # cap on the final probe's training images (None: all)
+    final_test_samples: int | None = None  # cap on its test images (None: all)
+    pool: str = "mean"  # mean: average-pooled last layer; concat4: the last 4 layers' pooled outputs
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    probe_holdout: float = 0.1  # fraction of the TRAINING features held out to choose the weight decay
+    probe_weight_decays: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the L2 sweep
+    probe_max_iter: int = 300  # L-BFGS iterations per fit
+    collapse_min_rank: float = 2.0  # warn when RankMe (centred) falls below this many effective directions
+    collapse_min_std: float = 1e-4  # warn when feature_std * sqrt(dims) < this (1: isotropic; 0: collapsed)
+    seed: int = 0  # subsets, held-out split and random-init baseline
+    batch_size: int = 256  # feature-extraction batch size
+
+    def __post_init__(self):
+        if self.online_method not in METHODS:
+            raise ValueError(f"eval.online_method must be one of {METHODS}, got {self.online_method!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"eval.pool must be one of {POOLS}, got {self.pool!r}")
+        if not 0.0 < self.probe_holdout < 1.0:
+            raise ValueError(f"eval.probe_holdout must be between 0 and 1 (e.g. 0.1), got {self.probe_holdout}")
+        if not self.probe_weight_decays or min(self.probe_weight_decays) < 0:
+            raise ValueError("eval.probe_weight_decays must be a non-empty list of values >= 0, e.g. [1e-4, 1e-3]")
+        for name in ("online_train_samples", "online_test_samples", "knn_k", "batch_size", "probe_max_iter"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("final_train_samples", "final_test_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"eval.{name} must be >= 1 (or null for all), got {getattr(self, name)}")
+        if self.knn_temperature <= 0:
+            raise ValueError(f"eval.knn_temperature must be > 0, got {self.knn_temperature}")
