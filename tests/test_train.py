@@ -103,3 +103,48 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         for key in a[section]:
             assert torch.allclose(a[section][key], b[section][key], atol=1e-5), (section, key)
     assert load_checkpoint(two / "jepa-latest.pth.tar")["world_size"] == 2
+
+
+def test_one_host_sync_per_step_and_the_gradient_norm_in_metrics(tmp_path, monkeypatch):
+    """Each step reads the device once (loss, gradient norm and the stop flags together); nothing inside the
+    step converts a tensor to a Python number otherwise. With optim.grad_clip the norm lands in metrics.csv."""
+    from openjepa.train import trainer as trainer_module
+
+    exchanges, stray, inside = [], [], [False]
+    real_exchange, real_step = trainer_module.exchange, trainer_module.train_step
+
+    def counted_exchange(values, flags, runtime):
+        exchanges.append(len(values))
+        inside[0] = False  # the sync itself may read the device
+        try:
+            return real_exchange(values, flags, runtime)
+        finally:
+            inside[0] = True
+
+    def watched_step(*args, **kwargs):
+        inside[0] = True
+        try:
+            return real_step(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    for name in ("item", "tolist", "__float__", "__bool__"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _real=real, _name=name, **k):
+            if inside[0]:
+                stray.append(_name)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    monkeypatch.setattr(trainer_module, "exchange", counted_exchange)
+    monkeypatch.setattr(trainer_module, "train_step", watched_step)
+    run = tmp_path / "run"
+    pretrain(tiny_config(run, "data.batch_size=16", "train.max_steps=5", "optim.grad_clip=1.0"))
+    assert exchanges == [2] * 5 and stray == []
+    with open(run / "metrics.csv", newline="") as f:
+        norms = [float(r["grad_norm"]) for r in csv.DictReader(f)]
+    assert len(norms) == 5 and all(0 < n < float("inf") for n in norms)
+    pretrain(tiny_config(tmp_path / "plain", "data.batch_size=16", "train.max_steps=1"))
+    with open(tmp_path / "plain" / "metrics.csv", newline="") as f:
+        assert "grad_norm" not in next(csv.reader(f))  # no clipping: no norm computed, none logged

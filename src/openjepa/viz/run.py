@@ -171,6 +171,9 @@ def run_panels(curves: RunCurves) -> list[Panel]:
                                ("momentum", "EMA momentum of the target encoder", PALETTE[3])):
         if key in s:
             panels.append(Panel(title, [Series(x, s[key], key, colour)]))
+    if "grad_norm" in s:  # logged when optim.grad_clip is set
+        panels.append(Panel("gradient norm (before clipping)", _noisy_panel(x, s["grad_norm"], "norm", PALETTE[5]),
+                            from_zero=True))
     if "images_per_s" in s:
         panels.append(Panel("throughput (images/s)", _noisy_panel(x, s["images_per_s"], "images/s", PALETTE[4]),
                             from_zero=True))
