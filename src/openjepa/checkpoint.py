@@ -230,3 +230,9 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what:
     if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
         raise CheckpointError(f"the {what} weights{' in ' + origin if origin else ''} left some tensors of the "
                               f"model unset")
+
+
+def load_weights(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Deprecated: :func:`load_strict` (which also names the file and can adopt the tensors)."""
+    warnings.warn("openjepa.checkpoint.load_weights is deprecated: use load_strict", DeprecationWarning, stacklevel=2)
+    load_strict(module, state_dict, what)

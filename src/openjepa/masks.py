@@ -18,15 +18,16 @@ block of the batch has the same number of patches), and block positions are draw
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from . import seeding
 from .errors import MaskSamplingError
 from .models.pos_embed import GridSize, to_2tuple
-from .seeding import generator_or_default
 
 STRATEGIES = ("multiblock", "random")
 
@@ -161,7 +162,7 @@ class MultiBlockMaskSampler:
     # -- sampling --------------------------------------------------------------------------------------------------
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> BlockMasks:
         """Masks for ``batch_size`` images; deterministic for a seeded ``generator``."""
-        g = generator_or_default(generator)
+        g = seeding.generator_or_default(generator)
         cfg = self.config
         target_shape, context_shape = self.draw_shapes(g)
         targets, context = self._draw_rows(batch_size, target_shape, context_shape, g)
@@ -224,7 +225,7 @@ class RandomMaskSampler:
         self.height, self.width, self.num_patches = self.blocks.height, self.blocks.width, self.blocks.num_patches
 
     def _smallest_keys(self, rows: int, keep: int, allowed: np.ndarray | None, g: torch.Generator) -> np.ndarray:
-        """``keep`` distinct patches per row, uniformly at random among the ``allowed`` ones, sorted ``[rows, keep]``."""
+        """``keep`` distinct patches per row drawn uniformly among the ``allowed`` ones, sorted: ``[rows, keep]``."""
         keys = torch.rand(rows, self.num_patches, generator=g).numpy()
         if allowed is not None:
             keys[~allowed] = 2.0  # never chosen while an allowed patch is left
@@ -249,7 +250,7 @@ class RandomMaskSampler:
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> BlockMasks:
         """Masks for ``batch_size`` images; deterministic for a seeded ``generator``."""
-        g = generator_or_default(generator)
+        g = seeding.generator_or_default(generator)
         cfg = self.config
         m, kt, kc = self._sizes(g)
         targets, free = self._draw_targets(batch_size, m, kt, g)
@@ -280,3 +281,20 @@ def build_mask_sampler(grid_size: int | GridSize, config: MaskConfig | None = No
     if cfg.strategy == "random":
         return RandomMaskSampler(grid_size, cfg)
     return MultiBlockMaskSampler(grid_size, cfg)
+
+
+# Names that lived here before the collator moved to openjepa.data (the floor above, which this module may not
+# import): the generator helpers still resolve, with a warning; the collator's names say where they went.
+_MOVED_UP = {"MaskCollator": "openjepa.data.collate (or openjepa.MaskCollator)",
+             "MaskedBatch": "openjepa.data.collate", "SampleKey": "openjepa.data.sampler"}
+_MOVED_ASIDE = {"seeded_generator": seeding.seeded_generator, "generator_or_default": seeding.generator_or_default}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_ASIDE:
+        warnings.warn(f"openjepa.masks.{name} is deprecated: import it from openjepa.seeding", DeprecationWarning,
+                      stacklevel=2)
+        return _MOVED_ASIDE[name]
+    if name in _MOVED_UP:
+        raise AttributeError(f"openjepa.masks.{name} moved to {_MOVED_UP[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
