@@ -31,6 +31,9 @@ from .run_folder import checkpoint_in
 DDP_PREFIX = "module."
 COMPILE_PREFIX = "_orig_mod."
 SHOWN = 4  # mismatched keys listed in an error message
+# The entry recording the input normalisation the weights were trained with. The code says "normalisation"
+# everywhere else; the key keeps its first spelling because every checkpoint written so far carries it.
+NORMALISATION_KEY = "normalization"
 OFFICIAL_LICENSE = "CC-BY-NC-4.0"  # the licence of the released I-JEPA weights (and of weights trained from them)
 OPENJEPA_LICENSE = "Apache-2.0"  # the licence of weights trained from scratch with openjepa
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import torch
+
 from ..config import ConfigError, RunConfig, apply_overrides, from_dict, load_config, recipe_names
 from ..data.loader import build_eval_dataset
 from ..errors import UserError
-from ..eval.features import extract_features, resolve_device
+from ..eval.features import Features, extract_features, resolve_device
+from ..ijepa import ModelConfig
+from ..models.vit import VisionTransformer
 from ..pretrained import LoadedEncoder, read_encoder
 from .data_args import add_data_arguments, data_config_from_args
 
@@ -55,13 +59,14 @@ def run_config(args: argparse.Namespace, recorded: dict | None) -> RunConfig:
     return dataclasses.replace(cfg, data=data_config_from_args(args, cfg.data))
 
 
-def encoder_model_config(cfg: RunConfig, encoder):
+def encoder_model_config(cfg: RunConfig, encoder: VisionTransformer) -> ModelConfig:
     """The model section matching the loaded encoder's input geometry (what the eval transform needs)."""
     return dataclasses.replace(cfg.model, img_size=encoder.patch_embed.img_size[0], patch_size=encoder.patch_size,
                                in_chans=encoder.in_chans)
 
 
-def features_for_split(args: argparse.Namespace, loaded, cfg: RunConfig, split: str, device):
+def features_for_split(args: argparse.Namespace, loaded: LoadedEncoder, cfg: RunConfig, split: str,
+                       device: torch.device) -> Features:
     """Features of one split through the loaded encoder, with their provenance in ``meta``."""
     dataset = build_eval_dataset(cfg.data, encoder_model_config(cfg, loaded.encoder), split)
     if len(dataset) == 0:
@@ -77,7 +82,7 @@ def features_for_split(args: argparse.Namespace, loaded, cfg: RunConfig, split: 
     return features
 
 
-def load_for_args(args: argparse.Namespace) -> tuple[LoadedEncoder, RunConfig, object]:
+def load_for_args(args: argparse.Namespace) -> tuple[LoadedEncoder, RunConfig, torch.device]:
     """The encoder named by ``--checkpoint`` (a file or a run folder) / ``--which``, its run config and the device
     to use."""
     loaded = read_encoder(args.checkpoint, args.which)

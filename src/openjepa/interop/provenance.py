@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..checkpoint import OFFICIAL_LICENSE, OPENJEPA_LICENSE, is_official_checkpoint
+from ..checkpoint import NORMALISATION_KEY, OFFICIAL_LICENSE, OPENJEPA_LICENSE, is_official_checkpoint
 from ..data.stats import IMAGENET_MEAN, IMAGENET_STD, adapt_stats
 from ..errors import UserError
 
@@ -64,7 +64,7 @@ def normalisation_of(state: Mapping[str, Any], channels: int) -> tuple[list[floa
     for released weights, folders and CIFAR); ``(None, None)`` with a warning when it cannot be known."""
     config = state.get("config") if isinstance(state.get("config"), Mapping) else {}
     data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
-    found = _pair(data) or _pair(state.get("normalization"))
+    found = _pair(data) or _pair(state.get(NORMALISATION_KEY))
     if found:
         return found
     if is_official_checkpoint(state) or data.get("dataset") in IMAGENET_STATS_DATASETS:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import (
+    NORMALISATION_KEY,
     add_prefix,
     is_official_checkpoint,
     load_checkpoint,
@@ -23,9 +24,6 @@ from ..run_folder import LATEST, epoch_checkpoint_name
 from ..version import __version__
 from .resume_state import load_optimizer_state, resumable_state
 
-# The checkpoint key of the input normalisation: spelt as in the released code's American English, and kept so
-# because checkpoints written by earlier versions carry it.
-NORMALISATION_KEY = "normalization"
 RESUME_ADVICE = ("check that the config's model section (arch, patch_size, img_size, pred_depth, pred_emb_dim) "
                  "matches the checkpoint's")
 
