@@ -25,9 +25,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from . import seeding
 from .errors import MaskSamplingError
 from .models.pos_embed import GridSize, to_2tuple
+from .seeding import generator_or_default as _generator_or_default
+from .seeding import seeded_generator as _seeded_generator
 
 STRATEGIES = ("multiblock", "random")
 
@@ -162,7 +163,7 @@ class MultiBlockMaskSampler:
     # -- sampling --------------------------------------------------------------------------------------------------
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> BlockMasks:
         """Masks for ``batch_size`` images; deterministic for a seeded ``generator``."""
-        g = seeding.generator_or_default(generator)
+        g = _generator_or_default(generator)
         cfg = self.config
         target_shape, context_shape = self.draw_shapes(g)
         targets, context = self._draw_rows(batch_size, target_shape, context_shape, g)
@@ -250,7 +251,7 @@ class RandomMaskSampler:
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> BlockMasks:
         """Masks for ``batch_size`` images; deterministic for a seeded ``generator``."""
-        g = seeding.generator_or_default(generator)
+        g = _generator_or_default(generator)
         cfg = self.config
         m, kt, kc = self._sizes(g)
         targets, free = self._draw_targets(batch_size, m, kt, g)
@@ -287,7 +288,7 @@ def build_mask_sampler(grid_size: int | GridSize, config: MaskConfig | None = No
 # import): the generator helpers still resolve, with a warning; the collator's names say where they went.
 _MOVED_UP = {"MaskCollator": "openjepa.data.collate (or openjepa.MaskCollator)",
              "MaskedBatch": "openjepa.data.collate", "SampleKey": "openjepa.data.sampler"}
-_MOVED_ASIDE = {"seeded_generator": seeding.seeded_generator, "generator_or_default": seeding.generator_or_default}
+_MOVED_ASIDE = {"seeded_generator": _seeded_generator, "generator_or_default": _generator_or_default}
 
 
 def __getattr__(name: str) -> Any:

@@ -7,17 +7,22 @@ by DistributedDataParallel), the AdamW state ``opt``, the AMP ``scaler`` state a
 
 The work is done below this package, so that evaluation and training read released files too:
 :mod:`openjepa.pretrained` builds models from any checkpoint (reading a released file's architecture off its
-weights), :mod:`openjepa.train.resume_state` checks its optimizer state for resuming. This module is the
+weights), :mod:`openjepa.resume_state` checks its optimizer state for resuming. This module is the
 public face of those functions for released weights, and records their licence.
 """
 
 from __future__ import annotations
 
-from ..checkpoint import OFFICIAL_LICENSE, OPENJEPA_LICENSE, is_official_checkpoint, read_checkpoint
+from ..checkpoint import (
+    OFFICIAL_LICENSE,
+    OPENJEPA_LICENSE,
+    is_official_checkpoint,
+    read_checkpoint,
+)
 from ..ijepa import IJEPA
 from ..models.vit import VisionTransformer
 from ..pretrained import CheckpointLike, encoder_from_state, model_from_state
-from ..train.resume_state import load_optimizer_state, resumable_state
+from ..resume_state import load_optimizer_state, resumable_state
 
 __all__ = ["OFFICIAL_LICENSE", "OPENJEPA_LICENSE", "is_official_checkpoint", "load_official", "load_official_encoder",
            "load_optimizer_state", "official_to_training_state"]
@@ -51,5 +56,5 @@ def load_official_encoder(path: CheckpointLike, which: str = "target", img_size:
 def official_to_training_state(checkpoint: CheckpointLike, img_size: int | None = None,
                                num_heads: int | None = None) -> dict:
     """Turn a released checkpoint (a path or its loaded dict) into what openjepa's trainer resumes from; the
-    returned dict's contract is :func:`openjepa.train.resume_state.resumable_state`'s."""
+    returned dict's contract is :func:`openjepa.resume_state.resumable_state`'s."""
     return resumable_state(*read_checkpoint(checkpoint), img_size, num_heads)

@@ -20,9 +20,9 @@ from ..checkpoint import (
 )
 from ..errors import CheckpointError
 from ..ijepa import IJEPA
+from ..resume_state import load_optimizer_state, resumable_state
 from ..run_folder import LATEST, epoch_checkpoint_name
 from ..version import __version__
-from .resume_state import load_optimizer_state, resumable_state
 
 RESUME_ADVICE = ("check that the config's model section (arch, patch_size, img_size, pred_depth, pred_emb_dim) "
                  "matches the checkpoint's")

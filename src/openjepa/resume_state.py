@@ -12,9 +12,14 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import OFFICIAL_LICENSE, OPENJEPA_LICENSE, add_prefix, is_official_checkpoint
-from ..errors import CheckpointError
-from ..pretrained import config_and_weights
+from .checkpoint import (
+    OFFICIAL_LICENSE,
+    OPENJEPA_LICENSE,
+    add_prefix,
+    is_official_checkpoint,
+)
+from .errors import CheckpointError
+from .pretrained import config_and_weights
 
 # Optimizer settings that describe this machine's implementation, not the optimisation: they are not carried over.
 IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
