@@ -3,13 +3,7 @@
 from .data.collate import MaskCollator
 from .ijepa import IJEPA, ModelConfig, build_ijepa
 from .interop import load_official
-from .masks import (
-    BlockMasks,
-    MaskConfig,
-    MultiBlockMaskSampler,
-    RandomMaskSampler,
-    build_mask_sampler,
-)
+from .masks import BlockMasks, MaskConfig, MultiBlockMaskSampler, RandomMaskSampler, build_mask_sampler
 from .models import VisionTransformer, VisionTransformerPredictor, vit_encoder
 from .schedules import Schedules
 from .version import __version__

@@ -12,12 +12,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import (
-    OFFICIAL_LICENSE,
-    OPENJEPA_LICENSE,
-    add_prefix,
-    is_official_checkpoint,
-)
+from .checkpoint import OFFICIAL_LICENSE, OPENJEPA_LICENSE, add_prefix, is_official_checkpoint
 from .errors import CheckpointError
 from .pretrained import config_and_weights
 

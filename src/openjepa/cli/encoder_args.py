@@ -8,14 +8,7 @@ import dataclasses
 
 import torch
 
-from ..config import (
-    ConfigError,
-    RunConfig,
-    apply_overrides,
-    from_dict,
-    load_config,
-    recipe_names,
-)
+from ..config import ConfigError, RunConfig, apply_overrides, from_dict, load_config, recipe_names
 from ..data.loader import build_eval_dataset
 from ..errors import UserError
 from ..eval.features import Features, extract_features, resolve_device

@@ -10,12 +10,7 @@ from .base import ArraySource, ImageSource, SubsetSource
 from .collate import MaskCollator, MaskedBatch
 from .datasets import EvalDataset, PretrainDataset
 from .images import IMAGE_EXTENSIONS, UnreadableImage, to_standard_mode
-from .loader import (
-    PretrainData,
-    auto_num_workers,
-    build_eval_dataset,
-    build_pretrain_loader,
-)
+from .loader import PretrainData, auto_num_workers, build_eval_dataset, build_pretrain_loader
 from .sampler import KeyedBatchSampler, SampleKey
 from .sources import build_source, limit_samples
 from .stats import IMAGENET_MEAN, IMAGENET_STD, pixel_stats

@@ -25,9 +25,7 @@ SPLIT_SEED = 0
 
 @functools.lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import (
-        load_digits,  # scikit-learn is slow to import; only digits needs it
-    )
+    from sklearn.datasets import load_digits  # scikit-learn is slow to import; only digits needs it
 
     data = load_digits()
     images = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)

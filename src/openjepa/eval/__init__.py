@@ -11,14 +11,7 @@ from ..config_sections import EvalConfig
 from ..pretrained import LoadedEncoder, load_encoder, read_encoder
 from .baseline import random_init_like
 from .collapse import check_collapse, collapse_warning, feature_std, rankme
-from .features import (
-    Features,
-    extract_features,
-    load_features,
-    pool_features,
-    resolve_device,
-    save_features,
-)
+from .features import Features, extract_features, load_features, pool_features, resolve_device, save_features
 from .knn import KnnResult, knn_classify
 from .online_monitor import OnlineMonitor
 from .probe import LinearClassifier, ProbeResult, linear_probe

@@ -13,14 +13,7 @@ Nothing here unpickles arbitrary objects: checkpoints load with ``weights_only=T
 
 from ..arch_from_weights import encoder_arch, model_config_from_weights, predictor_arch
 from ..pretrained import encoder_at
-from .hf import (
-    export_hf,
-    from_hf_state_dict,
-    installed_layout,
-    load_hf,
-    read_hf_info,
-    to_hf_state_dict,
-)
+from .hf import export_hf, from_hf_state_dict, installed_layout, load_hf, read_hf_info, to_hf_state_dict
 from .native import export_openjepa, load_exported, read_export_info
 from .official import (
     OFFICIAL_LICENSE,
@@ -32,13 +25,7 @@ from .official import (
     official_to_training_state,
 )
 from .provenance import ExportInfo
-from .timm import (
-    export_timm,
-    from_timm_state_dict,
-    load_timm,
-    timm_model_args,
-    to_timm_state_dict,
-)
+from .timm import export_timm, from_timm_state_dict, load_timm, timm_model_args, to_timm_state_dict
 
 FORMATS = ("openjepa", "hf", "timm")
 

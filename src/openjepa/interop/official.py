@@ -13,12 +13,7 @@ public face of those functions for released weights, and records their licence.
 
 from __future__ import annotations
 
-from ..checkpoint import (
-    OFFICIAL_LICENSE,
-    OPENJEPA_LICENSE,
-    is_official_checkpoint,
-    read_checkpoint,
-)
+from ..checkpoint import OFFICIAL_LICENSE, OPENJEPA_LICENSE, is_official_checkpoint, read_checkpoint
 from ..ijepa import IJEPA
 from ..models.vit import VisionTransformer
 from ..pretrained import CheckpointLike, encoder_from_state, model_from_state

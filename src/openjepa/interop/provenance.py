@@ -9,12 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..checkpoint import (
-    NORMALISATION_KEY,
-    OFFICIAL_LICENSE,
-    OPENJEPA_LICENSE,
-    is_official_checkpoint,
-)
+from ..checkpoint import NORMALISATION_KEY, OFFICIAL_LICENSE, OPENJEPA_LICENSE, is_official_checkpoint
 from ..data.stats import IMAGENET_MEAN, IMAGENET_STD, adapt_stats
 from ..errors import UserError
 

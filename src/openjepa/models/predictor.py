@@ -11,13 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .fast_linear import linear
-from .layers import (
-    LAYER_NORM_EPS,
-    Block,
-    drop_path_rates,
-    gather_tokens,
-    init_transformer_weights,
-)
+from .layers import LAYER_NORM_EPS, Block, drop_path_rates, gather_tokens, init_transformer_weights
 from .pos_embed import GridSize, resample_pos_embed, sincos_2d, to_2tuple
 
 

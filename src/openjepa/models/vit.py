@@ -13,15 +13,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import (
-    LAYER_NORM_EPS,
-    Block,
-    PatchEmbed,
-    drop_path_rates,
-    gather_tokens,
-    init_fan_in_scaled,
-    init_transformer_weights,
-)
+from .layers import (LAYER_NORM_EPS, Block, PatchEmbed, drop_path_rates, gather_tokens, init_fan_in_scaled,
+                     init_transformer_weights)
 from .pos_embed import GridSize, resample_pos_embed, sincos_2d
 
 

@@ -72,9 +72,7 @@ class TensorBoard:
 
     def __init__(self, log_dir: Path, purge_step: int | None = None):
         try:
-            from torch.utils.tensorboard import (
-                SummaryWriter,  # lazy: optional dependency (the tensorboard extra)
-            )
+            from torch.utils.tensorboard import SummaryWriter  # lazy: optional dependency (the tensorboard extra)
         except ImportError as exc:
             raise UserError(
                 "train.tensorboard=true needs the tensorboard package: pip install tensorboard "

@@ -30,35 +30,16 @@ from ..data.collate import MaskedBatch
 from ..data.loader import build_pretrain_loader
 from ..errors import CheckpointError, UserError
 from ..ijepa import IJEPA
-from ..run_folder import (
-    CURVES_PNG,
-    LATEST,
-    clear_earlier_run,
-    remove_unfinished_writes,
-    save_run_config,
-)
+from ..run_folder import CURVES_PNG, LATEST, clear_earlier_run, remove_unfinished_writes, save_run_config
 from ..schedules import Schedules
 from ..step import NonFiniteLossError, StepResult, make_optimizer, train_step
 from ..viz.run import save_run_plot
-from .checkpoints import (
-    Position,
-    provenance_of,
-    restore_training_state,
-    save_training_state,
-    training_state,
-)
+from .checkpoints import Position, provenance_of, restore_training_state, save_training_state, training_state
 from .evaluation import RunMonitor
 from .preflight import build_model, check_settings, refuse_to_mix_runs
 from .progress import Progress
 from .run_log import RunLog
-from .runtime import (
-    Runtime,
-    any_process,
-    barrier,
-    exchange,
-    setup_runtime,
-    shutdown_runtime,
-)
+from .runtime import Runtime, any_process, barrier, exchange, setup_runtime, shutdown_runtime
 from .signals import StopRequest, shield_workers
 
 COMPLETED, INTERRUPTED, TIME_LIMIT, MAX_STEPS = "completed", "interrupted", "time_limit", "max_steps"

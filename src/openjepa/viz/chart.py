@@ -14,19 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ImageDraw
 
-from .draw import (
-    AXIS,
-    GRID,
-    INK,
-    MUTED,
-    RGB,
-    SMALL_SIZE,
-    draw_legend,
-    fit_text,
-    legend_width,
-    put_text,
-    text_size,
-)
+from .draw import AXIS, GRID, INK, MUTED, RGB, SMALL_SIZE, draw_legend, fit_text, legend_width, put_text, text_size
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom
 

@@ -15,16 +15,7 @@ from PIL import Image
 from ..data import DataConfig
 from ..models.vit import VisionTransformer
 from ..pretrained import TrainedModel
-from .draw import (
-    INK,
-    MUTED,
-    SMALL_SIZE,
-    TITLE_SIZE,
-    TileLayout,
-    fit_text,
-    new_canvas,
-    put_text,
-)
+from .draw import INK, MUTED, SMALL_SIZE, TITLE_SIZE, TileLayout, fit_text, new_canvas, put_text
 from .images import display_scale, enlarge
 from .inputs import eval_images
 

@@ -11,12 +11,7 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..config_sections import DataConfig
-from ..data.loader import (
-    build_eval_dataset,
-    build_pretrain_loader,
-    check_channels,
-    normalisation,
-)
+from ..data.loader import build_eval_dataset, build_pretrain_loader, check_channels, normalisation
 from ..errors import UserError
 from ..masks import BlockMasks
 from .images import denormalise

@@ -15,18 +15,7 @@ from ..config import RunConfig
 from ..data.collate import MaskCollator
 from ..data.sampler import SampleKey
 from ..masks import BlockMasks, build_mask_sampler
-from .draw import (
-    INK,
-    MUTED,
-    PALETTE,
-    SMALL_SIZE,
-    TITLE_SIZE,
-    TileLayout,
-    draw_legend,
-    fit_text,
-    new_canvas,
-    put_text,
-)
+from .draw import INK, MUTED, PALETTE, SMALL_SIZE, TITLE_SIZE, TileLayout, draw_legend, fit_text, new_canvas, put_text
 from .images import PatchGrid, display_scale, enlarge
 from .inputs import eval_images, training_batch
 

@@ -20,16 +20,7 @@ from PIL import Image
 from ..errors import UserError
 from ..run_folder import CONFIG, CURVES_PNG, METRICS_CSV, MONITOR_CSV
 from .chart import Series, draw_chart, smooth
-from .draw import (
-    MUTED,
-    PALETTE,
-    SMALL_SIZE,
-    TITLE_SIZE,
-    fit_text,
-    new_canvas,
-    put_text,
-    save_png,
-)
+from .draw import MUTED, PALETTE, SMALL_SIZE, TITLE_SIZE, fit_text, new_canvas, put_text, save_png
 
 PANEL_SIZE = (400, 250)  # width, height of one chart
 COLUMNS = 3
