@@ -30,7 +30,7 @@ class PretrainData:
     """Everything the trainer needs from the data side of a run."""
 
     loader: DataLoader  # yields openjepa.masks.MaskedBatch
-    batch_sampler: KeyedBatchSampler
+    batch_sampler: KeyedBatchSampler  # for shards: the ShardStream (same set_epoch / set_start_step / len)
     dataset: PretrainDataset
     steps_per_epoch: int
     bad_files: BadFileTracker
@@ -125,9 +125,14 @@ def build_pretrain_loader(data_cfg: DataConfig, model_cfg: ModelConfig, mask_cfg
                                data_cfg.hflip)
     tracker = BadFileTracker(bad_file_dir, rank, _folder_of(source))
     dataset = PretrainDataset(source, transform, seed, tracker)
-    sampler = KeyedBatchSampler(len(source), data_cfg.batch_size, world_size, rank, seed)
     collate = MaskCollator(build_mask_sampler(grid, mask_cfg), seed)
     workers = data_cfg.num_workers if data_cfg.num_workers is not None else auto_num_workers(source, world_size)
+    if data_cfg.dataset == "shards":
+        from .shards import build_shard_loader
+
+        return build_shard_loader(dataset, data_cfg, collate, workers, world_size, rank, seed,
+                                  _wants_pinned(data_cfg, device), mean, std)
+    sampler = KeyedBatchSampler(len(source), data_cfg.batch_size, world_size, rank, seed)
     loader = DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
         persistent_workers=workers > 0,  # safe: epoch and step travel inside the keys, not in worker state

@@ -23,6 +23,10 @@ def build_source(cfg: DataConfig, split: str = "train") -> ImageSource:
         return digits_source(split)
     if cfg.dataset == "folder":
         return FolderSource(cfg.path, split)
+    if cfg.dataset == "shards":
+        from .shards import ShardSource
+
+        return ShardSource(cfg.path, split)
     if cfg.dataset in ("idx", "mnist", "fashion_mnist"):
         return idx_source(cfg.dataset, cfg.path, split)
     return cifar_source(cfg.dataset, cfg.path, split)
