@@ -153,7 +153,7 @@ def test_epochs_are_deterministic_resumable_and_keyed(tmp_path):
         assert torch.equal(b.context, masks.context) and torch.equal(b.targets, masks.targets)
 
 
-def test_unreadable_members_are_replaced_and_reported(tmp_path):
+def test_unreadable_members_are_replaced_and_reported(tmp_path, capsys):
     members = []
     for i in range(12):
         data = b"just some text\n" if i == 3 else _png(i)
@@ -170,6 +170,10 @@ def test_unreadable_members_are_replaced_and_reported(tmp_path):
     reasons = {r.path: r.reason for r in data.bad_files.records()}
     assert reasons == {f"{shard}:s03.png": "a text file, not an image",
                        f"{shard}:s07.png": "truncated image data (the file is incomplete: 600 bytes)"}
+    assert f"Run `openjepa check-data {shard}`" in data.bad_files.summary()
+    assert cli_main(["check-data", str(shard), "--workers", "0", "--no-progress"]) == 0  # what the advice runs
+    report = capsys.readouterr().out
+    assert "images: 10 readable of 12 listed" in report and f"{shard}:s03.png: a text file, not an image" in report
 
 
 def test_make_shards_round_trip_and_evaluation(tmp_path, capsys):

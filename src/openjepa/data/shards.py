@@ -81,7 +81,8 @@ class ShardSource(ImageSource):
         self.classes = self.index.classes
         self.stats = (IMAGENET_MEAN, IMAGENET_STD)
         self.problems = self.index.problems
-        self.root = None  # `openjepa check-data` reads folders, not shards
+        # What `openjepa check-data` takes to scan these shards (the unreadable-file summary advises running it).
+        self.root = path if isinstance(path, str) else " ".join(map(str, path))
         self._reset_files()
 
     def _reset_files(self) -> None:
