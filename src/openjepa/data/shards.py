@@ -35,6 +35,7 @@ Resuming at step ``k`` skips, in each worker, the samples its first steps would 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -88,6 +89,7 @@ class ShardSource(ImageSource):
     def _reset_files(self) -> None:
         self._files: dict[int, object] = {}
         self._provided: dict[int, bytes | None] = {}
+        self._pid = os.getpid()
 
     def __getstate__(self) -> dict:  # open files stay in the process that opened them
         state = dict(self.__dict__)
@@ -98,6 +100,8 @@ class ShardSource(ImageSource):
         """The stored bytes of sample ``index``'s image (raises :class:`UnreadableImage`)."""
         number = int(self.index.shard[index])
         offset, size = int(self.index.offset[index]), int(self.index.size[index])
+        if os.getpid() != self._pid:  # a forked worker: files opened by the parent share its file positions
+            self._files, self._pid = {}, os.getpid()
         try:
             f = self._files.pop(number, None)
             if f is None:
