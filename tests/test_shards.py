@@ -78,8 +78,8 @@ def test_brace_and_glob_expansion(tmp_path):
 
 def test_index_reads_headers_long_names_and_damage(tmp_path):
     deep = "d" * 120 + "/img"  # a long path: a GNU long name, a PAX path record
-    members = [(f"{deep}.png", _png(1)), (f"{deep}.cls", b"3\n"), ("caf\u00e9.jpeg", _png(2)), ("caf\u00e9.json", b"{}"),
-               ("only.txt", b"no image"), ("x.png", _png(4)), ("x.cls", b"seven")]
+    members = [(f"{deep}.png", _png(1)), (f"{deep}.cls", b"3\n"), ("caf\u00e9.jpeg", _png(2)),
+               ("caf\u00e9.json", b"{}"), ("only.txt", b"no image"), ("x.png", _png(4)), ("x.cls", b"seven")]
     gnu = _write_tar(tmp_path / "gnu.tar", members, tarfile.GNU_FORMAT)
     pax = _write_tar(tmp_path / "pax.tar", members, tarfile.PAX_FORMAT)
     index = build_index([str(gnu), str(pax)], progress=False)

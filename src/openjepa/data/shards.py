@@ -44,8 +44,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError
 from ..masks import SampleKey
-from .base import ImageSource, SubsetSource
 from .bad_files import format_unreadable
+from .base import ImageSource, SubsetSource
 from .datasets import PretrainDataset
 from .images import Picture, UnreadableImage
 from .shard_index import load_index, shard_paths
