@@ -4,6 +4,12 @@
     python benchmarks/data_throughput.py --img-size 32 --workers 0 1 2
     python benchmarks/data_throughput.py --dataset folder --path DIR --img-size 224 --patch 16
     python benchmarks/data_throughput.py --train-recipe fashion_mnist --batches 10 --workers 0 1
+    python benchmarks/data_throughput.py --compare-shards DIR --img-size 28 --patch 4 --workers 0 1
+
+``--compare-shards DIR`` measures the folder ``DIR`` as ``data.dataset=folder`` and the same images as tar shards
+(written once with ``openjepa make-shards`` to ``--shards-dir``, default ``DIR.shards``), interleaved, each
+setting ``--repeats`` times (best kept); the result also goes to benchmarks/results/data_throughput_shards.json.
+benchmarks/make_image_folder.py writes such a folder from Fashion-MNIST.
 
 Each setting runs ``--batches`` batches after one warm-up batch (which pays for worker start-up). The data side
 should be much faster than the model (benchmarks/step.py). ``--train-recipe NAME`` also runs a training step of
@@ -29,7 +35,10 @@ from openjepa.step import make_optimizer, train_step
 
 def _settings(args: argparse.Namespace, workers: int):
     if args.train_recipe:
-        cfg = load_config(args.train_recipe, [f"data.num_workers={workers}", f"data.batch_size={args.batch}"])
+        overrides = [f"data.num_workers={workers}", f"data.batch_size={args.batch}"]
+        if args.dataset != "fashion_mnist" or args.path:
+            overrides += [f"data.dataset={args.dataset}"] + ([f"data.path={args.path}"] if args.path else [])
+        cfg = load_config(args.train_recipe, overrides)
         return cfg.data, cfg.model, cfg.mask
     data_cfg = DataConfig(dataset=args.dataset, path=args.path, batch_size=args.batch, num_workers=workers)
     model_cfg = ModelConfig(arch="vit_tiny", img_size=args.img_size, patch_size=args.patch, in_chans=args.chans)
@@ -75,9 +84,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process")
     parser.add_argument("--train-recipe", default=None, help="also train this recipe's model on every batch")
+    parser.add_argument("--compare-shards", metavar="DIR", default=None,
+                        help="compare the image folder DIR with tar shards of the same images")
+    parser.add_argument("--shards-dir", default=None, help="where the shards of --compare-shards are (written if "
+                                                           "absent; default DIR.shards)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="images per shard when writing them")
+    parser.add_argument("--repeats", type=int, default=3, help="--compare-shards: runs per setting (best kept)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare_shards:
+        compare_shards(args)
+        return
     start = time.perf_counter()
     source = build_source(_settings(args, 0)[0], "train")
     load_s = time.perf_counter() - start
@@ -88,6 +106,40 @@ def main() -> None:
         "img_size": args.img_size, "in_chans": args.chans, "batch": args.batch, "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "results": results,
     }, indent=2))
+
+
+def compare_shards(args: argparse.Namespace) -> None:
+    """Folder vs shards of the same images: images/s per worker count, interleaved, best of ``--repeats``."""
+    from pathlib import Path
+
+    from _report import machine_info, publish
+
+    from openjepa.data.shard_writer import write_shards
+
+    folder = Path(args.compare_shards)
+    shards = Path(args.shards_dir) if args.shards_dir else folder.with_name(folder.name + ".shards")
+    if not list(shards.glob("train-*.tar")):
+        start = time.perf_counter()
+        write_shards(folder, shards, shard_size=args.shard_size)
+        print(f"wrote shards to {shards} in {time.perf_counter() - start:.1f} s", flush=True)
+    kinds = {"folder": str(folder), "shards": str(shards)}
+    best: dict[tuple[str, int], dict] = {}
+    for _ in range(args.repeats):
+        for workers in args.workers:
+            for kind, path in kinds.items():
+                args.dataset, args.path = kind, path
+                result = measure(args, workers)
+                key = (kind, workers)
+                if key not in best or result["images_per_s"] > best[key]["images_per_s"]:
+                    best[key] = result
+    images = len(build_source(DataConfig(dataset="folder", path=str(folder)), "train"))
+    publish({
+        "benchmark": "data_throughput_shards", "folder": str(folder), "shards": str(shards), "images": images,
+        "shard_files": len(list(shards.glob("train-*.tar"))), "train_recipe": args.train_recipe,
+        "img_size": args.img_size, "in_chans": args.chans, "batch": args.batch, "repeats": args.repeats,
+        "results": [{"dataset": kind, **best[(kind, w)]} for w in args.workers for kind in kinds],
+        "machine": machine_info(),
+    }, Path(__file__).parent / "results" / "data_throughput_shards.json")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DATASETS = ("digits", "folder", "idx", "mnist", "fashion_mnist", "cifar10", "cifar100")
+DATASETS = ("digits", "folder", "shards", "idx", "mnist", "fashion_mnist", "cifar10", "cifar100")
 
 
 @dataclass
@@ -17,12 +17,13 @@ class DataConfig:
     """Where the images come from and how training views are made.
 
     ``dataset``: ``digits`` (embedded, scikit-learn's 8x8 digits upscaled), ``folder`` (any directory tree of
-    images; labels from first-level sub-folders when there are any), ``idx`` / ``mnist`` / ``fashion_mnist``
-    (IDX files, gz or raw), ``cifar10`` / ``cifar100`` (the python batches). All read from local paths only.
+    images; labels from first-level sub-folders when there are any), ``shards`` (tar shards: a folder written by
+    ``openjepa make-shards``, or patterns such as ``/data/train-{000..127}.tar``, globs, or a list of those),
+    ``idx`` / ``mnist`` / ``fashion_mnist`` (IDX files, gz or raw), ``cifar10`` / ``cifar100`` (the python batches). All read from local paths only.
     """
 
     dataset: str = "digits"
-    path: str | None = None  # None: the dataset's default location (fashion_mnist: the Debian package's)
+    path: str | tuple[str, ...] | None = None  # None: the dataset's default location (fashion_mnist: Debian's)
     batch_size: int = 64  # per process; the global batch is batch_size * world size
     num_workers: int | None = None  # None: chosen from the dataset and the machine
     crop_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop area range (the released recipe's)
@@ -35,10 +36,16 @@ class DataConfig:
     max_samples: int | None = None
     pin_memory: bool = True  # only takes effect on CUDA
     eval_crop: float = 1.0  # evaluation keeps this fraction of the shorter side (0.875: the usual ImageNet crop)
+    shuffle_buffer: int = 1000  # shards: samples each loader worker holds to shuffle the order it reads them in
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
             raise ValueError(f"data.dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if isinstance(self.path, (list, tuple)) and self.dataset != "shards":
+            raise ValueError(f"data.path is a list, which only data.dataset=shards accepts; give one path for "
+                             f"data.dataset={self.dataset}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"data.shuffle_buffer must be >= 1 (1: no shuffling), got {self.shuffle_buffer}")
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers is not None and self.num_workers < 0:

@@ -19,6 +19,7 @@ are replicated to three channels as tensors (cheaper than resizing three identic
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from typing import BinaryIO
@@ -51,8 +52,15 @@ def _looks_like_text(path: str) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(512)
+    except OSError:
+        return False
+    return _is_text(head)
+
+
+def _is_text(head: bytes) -> bool:
+    try:
         head.decode("utf-8")
-    except (OSError, UnicodeDecodeError):
+    except UnicodeDecodeError:
         return False
     return bool(head) and b"\x00" not in head
 
@@ -67,17 +75,23 @@ def describe_failure(path: str, exc: BaseException) -> str:
         return "permission denied (make the file readable, e.g. chmod a+r)"
     if isinstance(exc, IsADirectoryError):
         return "is a directory, not an image file"
-    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return (f"too many pixels: {exc} It is skipped rather than raising the limit for every image; resize it, "
-                f"or raise PIL.Image.MAX_IMAGE_PIXELS yourself if you trust the file")
     try:
         size = os.path.getsize(path)
     except OSError:
         size = None
+    return describe_data_failure(exc, size, lambda: _looks_like_text(path))
+
+
+def describe_data_failure(exc: BaseException, size: int | None, looks_like_text) -> str:
+    """Why bytes of known ``size`` (a file's, or a tar member's) failed to decode; ``looks_like_text()`` is only
+    called when Pillow did not recognise the format."""
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return (f"too many pixels: {exc} It is skipped rather than raising the limit for every image; resize it, "
+                f"or raise PIL.Image.MAX_IMAGE_PIXELS yourself if you trust the file")
     if size == 0:
         return "empty file (0 bytes)"
     if isinstance(exc, UnidentifiedImageError):
-        if _looks_like_text(path):
+        if looks_like_text():
             return "a text file, not an image"
         return "not an image format Pillow can read (unknown, unsupported or corrupt header)"
     message = str(exc)
@@ -94,18 +108,19 @@ class Picture:
     large photos and small models. Use as a context manager; every failure raises :class:`UnreadableImage`.
     """
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, data: bytes | None = None):
+        self.path = path  # with ``data``: only a description of where the bytes come from (e.g. a tar member)
+        self._data = data
         self._file: BinaryIO | None = None
         try:
             with warnings.catch_warnings():
                 # Pillow only warns between MAX_IMAGE_PIXELS and twice that: treat both as unreadable.
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                self._file = _open_binary(path)
+                self._file = _open_binary(path) if data is None else io.BytesIO(data)
                 self._image = Image.open(self._file)
         except Exception as exc:  # Pillow raises many types on bad data; all mean "skip this file"
             self.close()
-            raise UnreadableImage(path, describe_failure(path, exc)) from exc
+            raise UnreadableImage(path, self._describe(exc)) from exc
         self.size: tuple[int, int] = self._image.size
         self.mode: str = self._image.mode
         self.format: str | None = self._image.format
@@ -118,7 +133,13 @@ class Picture:
             self._image.load()
             return to_standard_mode(self._image, channels)
         except Exception as exc:  # truncated data, bad chunks, unsupported compression...
-            raise UnreadableImage(self.path, describe_failure(self.path, exc)) from exc
+            raise UnreadableImage(self.path, self._describe(exc)) from exc
+
+    def _describe(self, exc: BaseException) -> str:
+        if self._data is None:
+            return describe_failure(self.path, exc)
+        data = self._data
+        return describe_data_failure(exc, len(data), lambda: _is_text(data[:512]))
 
     def close(self) -> None:
         if self._file is not None:

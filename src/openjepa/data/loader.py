@@ -19,6 +19,7 @@ from .base import ImageSource, SubsetSource
 from .collate import MaskCollator
 from .datasets import EvalDataset, PretrainDataset
 from .sampler import KeyedBatchSampler
+from .shards import ShardStream
 from .sources import build_source, limit_samples
 from .stats import Stats, adapt_stats
 from .transforms import EvalTransform, TrainTransform
@@ -31,7 +32,7 @@ class PretrainData:
     """Everything the trainer needs from the data side of a run."""
 
     loader: DataLoader  # yields openjepa.data.collate.MaskedBatch
-    batch_sampler: KeyedBatchSampler
+    batch_sampler: KeyedBatchSampler  # for shards: the ShardStream (same set_epoch / set_start_step / len)
     dataset: PretrainDataset
     steps_per_epoch: int
     bad_files: BadFileTracker
@@ -126,9 +127,12 @@ def build_pretrain_loader(data_cfg: DataConfig, model_cfg: ModelConfig, mask_cfg
                                data_cfg.hflip)
     tracker = BadFileTracker(bad_file_dir, rank, _folder_of(source))
     dataset = PretrainDataset(source, transform, seed, tracker)
-    sampler = KeyedBatchSampler(len(source), data_cfg.batch_size, world_size, rank, seed)
     collate = MaskCollator(build_mask_sampler(grid, mask_cfg), seed)
     workers = data_cfg.num_workers if data_cfg.num_workers is not None else auto_num_workers(source, world_size)
+    if data_cfg.dataset == "shards":
+        return _shard_loader(dataset, data_cfg, collate, workers, world_size, rank, seed,
+                             _wants_pinned(data_cfg, device), mean, std)
+    sampler = KeyedBatchSampler(len(source), data_cfg.batch_size, world_size, rank, seed)
     loader = DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
         persistent_workers=workers > 0,  # safe: epoch and step travel inside the keys, not in worker state
@@ -158,3 +162,20 @@ def _folder_of(source: ImageSource) -> Path | None:
     while isinstance(source, SubsetSource):
         source = source.source
     return getattr(source, "root", None)
+
+
+def _shard_loader(dataset: PretrainDataset, data_cfg: DataConfig, collate: MaskCollator, workers: int,
+                  world_size: int, rank: int, seed: int, pin_memory: bool, mean: tuple[float, ...],
+                  std: tuple[float, ...]) -> PretrainData:
+    """The :class:`PretrainData` of ``data.dataset=shards``: a :class:`~openjepa.data.shards.ShardStream` in place
+    of the keyed batch sampler."""
+    stream = ShardStream(dataset, data_cfg.batch_size, world_size, rank, seed, data_cfg.shuffle_buffer)
+    for problem in stream.shards.problems:  # damaged shards and labels: reported with the unreadable images
+        dataset.bad_files.record(problem.path, problem.reason)
+    loader = DataLoader(
+        stream, batch_size=None, collate_fn=collate, num_workers=workers,
+        # Not persistent: the epoch and start step are read when an epoch's workers start (the folder loader's
+        # keys travel with each batch request instead, which an iterable dataset has no way to receive).
+        persistent_workers=False, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
+    )
+    return PretrainData(loader, stream, dataset, len(stream), dataset.bad_files, mean, std, workers)

@@ -34,10 +34,11 @@ class ImageCheck:
     reason: str | None = None
 
 
-def check_image(path: str) -> ImageCheck:
-    """Decode ``path`` like the loader does and gather its mode, size and pixel moments."""
+def check_image(path: str, data: bytes | None = None) -> ImageCheck:
+    """Decode ``path`` (or ``data``, the bytes of the image ``path`` names) like the loader does and gather its
+    mode, size and pixel moments."""
     try:
-        with Picture(path) as picture:
+        with Picture(path, data) as picture:
             img = picture.decode(3)
             mode, size = picture.mode, picture.size
     except UnreadableImage as exc:

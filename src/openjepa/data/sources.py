@@ -10,6 +10,7 @@ from .cifar import cifar_source
 from .digits import digits_source
 from .folder import FolderSource
 from .idx import idx_source
+from .shards import ShardSource
 
 SUBSET_SEED = 0  # data.max_samples picks the same subset in every run
 
@@ -23,6 +24,8 @@ def build_source(cfg: DataConfig, split: str = "train") -> ImageSource:
         return digits_source(split)
     if cfg.dataset == "folder":
         return FolderSource(cfg.path, split)
+    if cfg.dataset == "shards":
+        return ShardSource(cfg.path, split)
     if cfg.dataset in ("idx", "mnist", "fashion_mnist"):
         return idx_source(cfg.dataset, cfg.path, split)
     return cifar_source(cfg.dataset, cfg.path, split)
