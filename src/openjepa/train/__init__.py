@@ -22,10 +22,12 @@ def pretrain(config: RunConfig, resume: str | Path | None = None, overwrite: boo
     >>> from openjepa.config import load_config
     >>> result = pretrain(load_config("digits", ["optim.epochs=1"]))  # doctest: +SKIP
     """
+    from .autoprecision import run_probe_shapes
     from .runtime import setup_runtime, shutdown_runtime
     from .trainer import Trainer
 
-    runtime = setup_runtime(config.train.device, config.train.precision)
+    runtime = setup_runtime(config.train.device, config.train.precision, run_probe_shapes(config),
+                            config.train.threads)
     try:
         return Trainer(config, runtime, Path(resume) if resume else None, overwrite).run()
     finally:

@@ -63,10 +63,12 @@ def training_state(
     config: dict[str, Any],
     normalization: dict[str, list[float]] | None = None,
     provenance: dict[str, str] | None = None,
+    precision: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict: the released layout (``module.``-prefixed state dicts, ``opt``, ``epoch``...) plus
-    openjepa's exact-resume fields, the input normalisation the weights were trained with, and (for runs that
-    started from released weights) their ``license`` and ``source``, which exports carry on."""
+    openjepa's exact-resume fields, the input normalisation the weights were trained with, the precision the run
+    resolved to (``train.precision`` may say ``auto``), and (for runs that started from released weights) their
+    ``license`` and ``source``, which exports carry on."""
     return {
         **(provenance or {}),
         "normalization": normalization,
@@ -84,6 +86,7 @@ def training_state(
         "step_in_epoch": position.step_in_epoch,
         "config": config,
         "rng": _rng_state(),
+        "precision": precision,
         "openjepa_version": __version__,
     }
 
@@ -96,14 +99,16 @@ def save_training_state(state: dict[str, Any], run_dir: Path, keep_epoch: int | 
     return latest
 
 
-def save_run_config(config: RunConfig, run_dir: Path) -> Path:
+def save_run_config(config: RunConfig, run_dir: Path, note: str | None = None) -> Path:
     """Write ``config.yaml`` atomically: ``--resume RUN_DIR`` reads it back, and a process killed while writing
-    it must not leave a truncated file that would resume under different (default) settings."""
+    it must not leave a truncated file that would resume under different (default) settings. ``note`` (e.g. what
+    ``train.precision=auto`` resolved to) heads the file as a comment: recorded, but not read back, so that a
+    resumed run decides again on the machine it resumes on."""
     path = run_dir / RUN_CONFIG
     fd, tmp = tempfile.mkstemp(prefix=f".{RUN_CONFIG}.", suffix=".tmp", dir=run_dir)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(config.to_yaml())
+            f.write("".join(f"# {line}\n" for line in (note or "").splitlines()) + config.to_yaml())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -145,6 +145,7 @@ class Trainer:
         if config.train.grad_checkpointing:
             self.model.encoder.set_grad_checkpointing(True)
             self.model.predictor.set_grad_checkpointing(True)
+        self.model.set_selective_recompute(config.train.selective_recompute)
         self.optimizer = make_optimizer(self.model)
         self.scaler = torch.amp.GradScaler(runtime.device.type) if runtime.use_grad_scaler else None
         self.schedules = self._schedules()
@@ -165,7 +166,7 @@ class Trainer:
             else None
         )
         if runtime.is_main:
-            save_run_config(config, self.run_dir)
+            save_run_config(config, self.run_dir, _precision_note(config, runtime))
         self.monitor = self._build_monitor() if runtime.is_main else None
         self.skipped_batches = 0
         self.saved_step: int | None = self.position.global_step if resume is not None else None
@@ -365,7 +366,8 @@ class Trainer:
             )
         state = training_state(self.model, self.optimizer, self.scaler, self.position, loss,
                                self.cfg.data.batch_size, self.rt.world_size, self.cfg.to_dict(),
-                               {"mean": list(self.data.mean), "std": list(self.data.std)}, self.provenance)
+                               {"mean": list(self.data.mean), "std": list(self.data.std)}, self.provenance,
+                               self.rt.precision_choice.record() if self.rt.precision_choice else None)
         try:
             save_training_state(state, self.run_dir, self.position.epoch if keep else None)
         except CheckpointError as exc:
@@ -417,6 +419,14 @@ class Trainer:
             + (f"; resuming at step {self.position.global_step}" if self.position.global_step else ""),
             flush=True,
         )
+
+
+def _precision_note(config: RunConfig, runtime: Runtime) -> str | None:
+    """The config.yaml comment that records what ``train.precision`` resolved to on this machine."""
+    choice = runtime.precision_choice
+    if choice is None:
+        return None
+    return f"train.precision={config.train.precision} resolved to {choice.precision} here ({choice.describe()})"
 
 
 def _first_non_finite(model: IJEPA) -> str | None:
