@@ -123,3 +123,12 @@ def test_fast_linear_in_bf16_autocast(bf16_linear):
     for a, b in zip(leaves, plain):
         assert a.grad.dtype == torch.float32
         assert relative_error(a.grad, b.grad) < 1e-2
+
+
+def test_onednn_self_check_is_not_fooled_by_autocast():
+    """The availability checks run once, at the first linear layer, which may be inside a bf16 autocast region:
+    their fp32 references must stay fp32 there (a failed check would turn oneDNN off for the whole process)."""
+    outside = fast_linear.onednn_linear_available.__wrapped__(), fast_linear.onednn_bf16_available.__wrapped__()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = fast_linear.onednn_linear_available.__wrapped__(), fast_linear.onednn_bf16_available.__wrapped__()
+    assert inside == outside

@@ -53,7 +53,8 @@ def _self_check(dtype: torch.dtype, tol: float) -> bool:
 
 def _check(dtype: torch.dtype, tol: float) -> bool:
     try:
-        with torch.no_grad():
+        # The first call may come from inside a bf16 autocast region: the fp32 references must stay fp32.
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
             return _self_check(dtype, tol)
     except (RuntimeError, TypeError, NotImplementedError):  # e.g. "could not create a primitive descriptor"
         return False

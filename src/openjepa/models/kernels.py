@@ -13,7 +13,8 @@ Kernels are named per dtype (``"fp32"``, ``"bf16"``): linear ``"onednn"`` (:mod:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -53,6 +54,18 @@ def use_kernels(linear: Mapping[str, str] | None = None, attention: Mapping[str,
             if dtype_name not in table or kernel not in valid:
                 raise ValueError(f"no kernel {kernel!r} for {dtype_name!r}: dtypes {sorted(table)}, kernels {valid}")
             table[dtype_name] = kernel
+
+
+@contextlib.contextmanager
+def using_kernels(linear: Mapping[str, str] | None = None,
+                  attention: Mapping[str, str] | None = None) -> Iterator[None]:
+    """:func:`use_kernels` for the duration of a ``with`` block."""
+    before = current_kernels()
+    use_kernels(linear, attention)
+    try:
+        yield
+    finally:
+        use_kernels(**before)
 
 
 def current_kernels() -> dict[str, dict[str, str]]:

@@ -11,8 +11,6 @@ repetition is at most :data:`MAX_FLOPS_PER_REP`: about half a second on two core
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -72,16 +70,6 @@ def probe_flops(shapes: ProbeShapes) -> float:
     return 3 * (linear_flops + attention_flops)
 
 
-@contextlib.contextmanager
-def _kernels(**choice: dict[str, str]) -> Iterator[None]:
-    before = kernels.current_kernels()
-    kernels.use_kernels(**choice)
-    try:
-        yield
-    finally:
-        kernels.use_kernels(**before)
-
-
 def _autocast(dtype: str):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
 
@@ -103,7 +91,7 @@ def linear_rate(shapes: ProbeShapes, dtype: str, kernel: str, give_up_after: flo
                 y = linear(x, w, b)
             torch.autograd.grad(y, (x, w, b), grads[y.dtype])
 
-    with _kernels(linear={dtype: kernel}):
+    with kernels.using_kernels(linear={dtype: kernel}):
         seconds = best_time(step, give_up_after=give_up_after)
     return 3 * sum(2 * m * k * n for m, k, n in shapes.linear) / seconds
 
@@ -123,7 +111,7 @@ def attention_rate(shapes: ProbeShapes, dtype: str, kernel: str, give_up_after: 
             out = scaled_dot_product(q, k, v)
             torch.autograd.grad(out, qkv, torch.ones_like(out))
 
-    with _kernels(attention={dtype: kernel}):
+    with kernels.using_kernels(attention={dtype: kernel}):
         seconds = best_time(step, give_up_after=give_up_after)
     return 3 * sum(4 * s * h * n * n * d for s, h, n, d in shapes.attention) / seconds
 

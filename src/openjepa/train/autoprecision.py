@@ -14,6 +14,7 @@ import torch
 
 from ..masks import MaskConfig, MaskSamplingError, build_mask_sampler, seeded_generator
 from ..models import PRESETS, kernels
+from ..models.pos_embed import to_2tuple
 from ..models.probe import ProbeShapes, measure_cpu_rates, probe_shapes
 from ..precision import (CpuRates, PrecisionChoice, apply_backend_flags, cached_cpu_rates, cpu_setting,
                          decide_precision, device_info)
@@ -43,8 +44,8 @@ def run_probe_shapes(config: RunConfig) -> ProbeShapes:
     m = config.model
     preset = PRESETS[m.arch]
     embed_dim, heads = m.embed_dim or preset.embed_dim, m.num_heads or preset.num_heads
-    side = m.img_size if isinstance(m.img_size, int) else m.img_size[0]
-    grid = (side // m.patch_size, side // m.patch_size)
+    height, width = to_2tuple(m.img_size)
+    grid = (height // m.patch_size, width // m.patch_size)
     context_len, target_len, num_targets = mean_mask_lengths(grid, config.mask, config.data.batch_size)
     return probe_shapes(embed_dim, heads, preset.mlp_ratio, m.pred_emb_dim, m.pred_num_heads or heads,
                         config.data.batch_size, context_len, target_len, num_targets)
