@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -268,7 +269,10 @@ def arch_of(ours: Ours) -> dict:
 def memory_probe(argv: list[str], which: str) -> dict:
     """Run ``warmup + 1`` steps of one implementation in a fresh process and return its peak memory."""
     cmd = [sys.executable, __file__, *argv, "--memory-probe", which]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if env.get("OPENJEPA_CPU_PRECISION", "").strip().lower() == "remeasure":
+        env["OPENJEPA_CPU_PRECISION"] = "measure"  # the parent's fresh measurement, from the cache: same kernels
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"memory probe for {which} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

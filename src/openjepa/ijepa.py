@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import asdict, dataclass, field
 
@@ -134,9 +135,18 @@ class IJEPA(nn.Module):
     def predict(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
         """Predictions ``[M*B, Kt, D]`` of the target blocks from the context patches."""
         grid = self.encoder.patch_embed.grid_for(images.shape[-2], images.shape[-1])
-        with dropping_recomputable(self.selective_recompute and self.training and torch.is_grad_enabled()):
+        with self._activation_scope():
             z = self.encoder(images, context_idx)
             return self.predictor(z, context_idx, target_idx, grid)
+
+    def _activation_scope(self) -> contextlib.AbstractContextManager:
+        # A plain nullcontext when off: compiled graphs never meet the saved-tensor hooks (Inductor plans its own
+        # recomputation).
+        if self.selective_recompute and self.training and torch.is_grad_enabled() and (
+            not torch.compiler.is_compiling()
+        ):
+            return dropping_recomputable()
+        return contextlib.nullcontext()
 
     def set_selective_recompute(self, enable: bool = True) -> None:
         """Recompute LayerNorm and GELU outputs in backward instead of keeping them (about a third less

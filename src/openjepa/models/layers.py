@@ -110,9 +110,9 @@ def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     which in bf16 goes through oneDNN with a call overhead that short ViT sequences cannot hide.
     """
     if (
-        q.device.type == "cpu"
+        not torch.compiler.is_compiling()
+        and q.device.type == "cpu"
         and kernels.attention_kernel(kernels.cpu_compute_dtype(q.dtype)) == "explicit"
-        and not torch.compiler.is_compiling()
     ):
         # The scale goes on the scores in place: the matmul's backward needs only q and k, not its output.
         scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)

@@ -62,6 +62,8 @@ def recomputable(out: torch.Tensor, fn: Callable[..., torch.Tensor], *args: Any)
     ``fn`` must be deterministic and ``args`` must not change before backward (true of the activations and
     weights of one step). Arguments that are themselves marked are recomputed in turn rather than kept.
     """
+    if torch.compiler.is_compiling():  # a constant while tracing: no context variable in compiled graphs
+        return out
     marked = _marked.get()
     if marked is None or out.storage_offset() != 0 or out.numel() == 0:
         return out

@@ -39,16 +39,22 @@ def mean_mask_lengths(grid: tuple[int, int], mask: MaskConfig, batch: int) -> tu
     return round(context), round(target), draws[0].targets.shape[0]
 
 
-def run_probe_shapes(config: RunConfig) -> ProbeShapes:
-    """The probe shapes of a run's model, batch and masks."""
+def run_probe_shapes(config: RunConfig) -> ProbeShapes | None:
+    """The probe shapes of a run's model, batch and masks; None for settings that describe no model (the trainer's
+    own checks then explain what is wrong, before anything is measured)."""
     m = config.model
     preset = PRESETS[m.arch]
     embed_dim, heads = m.embed_dim or preset.embed_dim, m.num_heads or preset.num_heads
+    pred_heads = m.pred_num_heads or heads
     height, width = to_2tuple(m.img_size)
+    if m.patch_size < 1 or height < m.patch_size or width < m.patch_size or embed_dim % heads or (
+        m.pred_emb_dim % pred_heads
+    ):
+        return None
     grid = (height // m.patch_size, width // m.patch_size)
     context_len, target_len, num_targets = mean_mask_lengths(grid, config.mask, config.data.batch_size)
-    return probe_shapes(embed_dim, heads, preset.mlp_ratio, m.pred_emb_dim, m.pred_num_heads or heads,
-                        config.data.batch_size, context_len, target_len, num_targets)
+    return probe_shapes(embed_dim, heads, preset.mlp_ratio, m.pred_emb_dim, pred_heads, config.data.batch_size,
+                        context_len, target_len, num_targets)
 
 
 def measured_rates(shapes: ProbeShapes, threads: int | None = None) -> CpuRates | None:
