@@ -283,7 +283,8 @@ def run_probe(args, device, autocast_dtype) -> dict:
     which = args.memory_probe
     impl = Ours(args, device, autocast_dtype) if which == "ours" else Official(args, device, autocast_dtype)
     samples = make_samples(args)
-    collator = MaskCollator(MultiBlockMaskSampler(args.img // args.patch, MaskConfig(min_keep=args.min_keep)), args.seed)
+    sampler = MultiBlockMaskSampler(args.img // args.patch, MaskConfig(min_keep=args.min_keep))
+    collator = MaskCollator(sampler, args.seed)
     rss_before = peak_rss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -313,7 +314,8 @@ def decide_dtype(args, device: torch.device) -> PrecisionChoice:
 
 
 def result_path(args, dtype: str, machine: dict) -> Path:
-    """``benchmarks/results/step_<setup>_<dtype>[_variants]_<machine>.json``, or ``--out``."""
+    """``benchmarks/results/step_<setup>_<dtype>[_variants]_<machine>.json`` (dtype ``auto-fp32`` etc. for
+    ``--dtype auto``), or ``--out``."""
     if args.out:
         return Path(args.out)
     variants = [name for flag, name in ((args.grad_checkpointing, "gc"), (args.selective_recompute, "recompute"),
@@ -400,7 +402,8 @@ def main(argv: list[str] | None = None) -> dict:
     text = json.dumps(result, indent=2)
     print(text)
     if args.save:
-        path = result_path(args, choice.precision, machine)
+        tag = f"auto-{choice.precision}" if choice.requested == "auto" else choice.precision
+        path = result_path(args, tag, machine)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
         print(f"written to {path}", file=sys.stderr)
