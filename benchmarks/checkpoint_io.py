@@ -85,7 +85,7 @@ def build_state(args) -> dict:
     from openjepa.config import load_config
     from openjepa.ijepa import build_ijepa
     from openjepa.step import make_optimizer
-    from openjepa.train.state import Position, training_state
+    from openjepa.train.checkpoints import Position, training_state
 
     cfg = load_config(args.recipe)
     cfg.model = model_config(args)

@@ -3,8 +3,15 @@
 One step = mask sampling and collation, target forward, context forward, predictor, loss, backward, AdamW step,
 EMA update. After ``--warmup`` steps, ``--repeat`` steps are timed; with ``--official PATH`` the official step runs
 in the same process on the same images, alternating with ours step by step so that both see the same machine
-load. Prints one JSON object: images/s, analytic FLOPs per step (forward + backward of encoder, target and
-predictor), achieved FLOP/s, MFU against the matmul peak measured here, peak step memory, and the ratios.
+load. Prints one JSON object and writes it under ``benchmarks/results/`` (``step_<setup>_<dtype>[_variant]_<machine>
+.json``; ``--out`` elsewhere, ``--no-save`` nowhere): images/s, analytic FLOPs per step (forward + backward of
+encoder, target and predictor), achieved FLOP/s, MFU against the matmul peak measured here in the precision the
+step runs in, peak step memory, the ratios, the CPU model and matmul flags, and how the precision was decided.
+
+``--dtype auto`` decides the precision as ``openjepa pretrain`` does (``openjepa.train.autoprecision``: measured on
+a CPU, by compute capability on a GPU); on a CPU every dtype also gets the linear and attention kernels measured
+fastest there, as in training (``OPENJEPA_CPU_PRECISION=fp32`` or ``bf16`` skips the measurement and keeps the
+defaults).
 
 The two mask samplers differ (openjepa's blocks may touch the last row and column, its context block may cover
 the whole grid, and unequal contexts are subsampled rather than cut to a row-major prefix), so with their own
@@ -16,7 +23,7 @@ collator: what a user sees end to end), with ``flops_ratio_own_masks`` to tell t
 Examples (docs/benchmarks.md has the configurations and results)::
 
     python benchmarks/step.py --setup small224 --official ../ijepa --repeat 5 --warmup 1
-    python benchmarks/step.py --setup tiny32 --official ../ijepa --repeat 7 --warmup 2
+    python benchmarks/step.py --setup tiny32 --official ../ijepa --repeat 7 --warmup 2 --dtype auto
     python benchmarks/step.py --preset vit_base --patch 16 --img 224 --batch 8 --grad-checkpointing
 """
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -36,13 +44,18 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import machine_info  # noqa: E402
+from _report import cpu_tag, machine_info  # noqa: E402
 
 from openjepa import MaskCollator, MaskConfig, MultiBlockMaskSampler, build_ijepa  # noqa: E402
 from openjepa.cpu_allocator import keep_freed_memory  # noqa: E402
-from openjepa.models import PRESETS, fast_linear  # noqa: E402
-from openjepa.models.fast_linear import onednn_linear_available  # noqa: E402
+from openjepa.models import PRESETS, fast_linear, kernels  # noqa: E402
+from openjepa.models.fast_linear import onednn_bf16_available, onednn_linear_available  # noqa: E402
+from openjepa.speed_probe import probe_shapes  # noqa: E402
+from openjepa.precision import PrecisionChoice, best_time  # noqa: E402
 from openjepa.step import make_optimizer, train_step  # noqa: E402
+from openjepa.train.autoprecision import mean_mask_lengths, resolve_precision  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 LR, WD, MOMENTUM = 1e-4, 0.04, 0.996  # any fixed values: they do not change the cost of a step
 
@@ -85,29 +98,30 @@ def synchronize(device: torch.device) -> None:
 
 def matmul_rate(fn, a, b, device: torch.device, repeat: int) -> float:
     """Best FLOP/s of ``fn(a, b)`` for square ``a``, ``b`` (best, not median: the peak is what the hardware can
-    do when nothing else is running)."""
+    do when nothing else is running). A first call over 5 s (emulated bf16 on a CPU without it) is the answer."""
     inner = 1 if device.type == "cpu" else 20
-    for _ in range(2):
-        fn(a, b)
-    best = float("inf")
-    for _ in range(repeat):
-        synchronize(device)
-        t0 = time.perf_counter()
+
+    def run() -> None:
         for _ in range(inner):
             fn(a, b)
         synchronize(device)
-        best = min(best, (time.perf_counter() - t0) / inner)
-    return 2 * a.shape[0] ** 3 / best
+
+    return 2 * a.shape[0] ** 3 * inner / best_time(run, min_time=0.0, min_reps=repeat, max_reps=repeat,
+                                                    give_up_after=5.0)
 
 
 def matmul_peaks(device: torch.device, dtype: torch.dtype, size: int, repeat: int = 7) -> dict[str, float]:
-    """FLOP/s of ``size x size`` matmuls by every kernel the step may use: ``torch.mm`` (MKL on CPU, cuBLAS on
-    GPU) and, for fp32 on CPU, oneDNN (what openjepa's linear layers use; MKL is far slower on AMD CPUs)."""
+    """FLOP/s of ``size x size`` matmuls in the step's precision by every kernel the step may use: ``torch.mm``
+    (MKL, or oneDNN for bf16, on CPU; cuBLAS on GPU) and, on CPU, openjepa's oneDNN linear path where it works in
+    that dtype (MKL's fp32 is far slower than oneDNN on AMD CPUs)."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     peaks = {"torch.mm": matmul_rate(torch.mm, a, b, device, repeat)}
-    if device.type == "cpu" and dtype == torch.float32 and onednn_linear_available():
-        peaks["onednn"] = matmul_rate(lambda x, y: fast_linear.linear(x, y), a, b, device, repeat)
+    onednn = (dtype == torch.float32 and onednn_linear_available()) or (
+        dtype == torch.bfloat16 and onednn_bf16_available())
+    if device.type == "cpu" and onednn:
+        with kernels.using_kernels(linear={kernels.DTYPE_NAMES[dtype]: "onednn"}):
+            peaks["onednn"] = matmul_rate(lambda x, y: fast_linear.linear(x, y), a, b, device, repeat)
     return peaks
 
 
@@ -146,6 +160,7 @@ class Ours:
         if args.grad_checkpointing:
             self.model.encoder.set_grad_checkpointing(True)
             self.model.predictor.set_grad_checkpointing(True)
+        self.model.set_selective_recompute(args.selective_recompute)
         self.model.train()
         self.optimizer = make_optimizer(self.model)
         self.runner = torch.compile(self.model, dynamic=True) if args.compile else self.model
@@ -254,7 +269,10 @@ def arch_of(ours: Ours) -> dict:
 def memory_probe(argv: list[str], which: str) -> dict:
     """Run ``warmup + 1`` steps of one implementation in a fresh process and return its peak memory."""
     cmd = [sys.executable, __file__, *argv, "--memory-probe", which]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if env.get("OPENJEPA_CPU_PRECISION", "").strip().lower() == "remeasure":
+        env["OPENJEPA_CPU_PRECISION"] = "measure"  # the parent's fresh measurement, from the cache: same kernels
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"memory probe for {which} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -265,7 +283,8 @@ def run_probe(args, device, autocast_dtype) -> dict:
     which = args.memory_probe
     impl = Ours(args, device, autocast_dtype) if which == "ours" else Official(args, device, autocast_dtype)
     samples = make_samples(args)
-    collator = MaskCollator(MultiBlockMaskSampler(args.img // args.patch, MaskConfig(min_keep=args.min_keep)), args.seed)
+    sampler = MultiBlockMaskSampler(args.img // args.patch, MaskConfig(min_keep=args.min_keep))
+    collator = MaskCollator(sampler, args.seed)
     rss_before = peak_rss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -281,6 +300,31 @@ def run_probe(args, device, autocast_dtype) -> dict:
     return result
 
 
+def decide_dtype(args, device: torch.device) -> PrecisionChoice:
+    """``--dtype`` resolved as ``openjepa pretrain`` resolves ``train.precision`` (see the module docstring)."""
+    requested = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    shapes = None
+    if device.type == "cpu":
+        preset = PRESETS[args.preset]
+        grid = (args.img // args.patch, args.img // args.patch)
+        context_len, target_len, num_targets = mean_mask_lengths(grid, MaskConfig(min_keep=args.min_keep), args.batch)
+        shapes = probe_shapes(preset.embed_dim, preset.num_heads, preset.mlp_ratio, args.pred_dim, preset.num_heads,
+                              args.batch, context_len, target_len, num_targets)
+    return resolve_precision(requested, device, shapes, args.threads)
+
+
+def result_path(args, dtype: str, machine: dict) -> Path:
+    """``benchmarks/results/step_<setup>_<dtype>[_variants]_<machine>.json`` (dtype ``auto-fp32`` etc. for
+    ``--dtype auto``), or ``--out``."""
+    if args.out:
+        return Path(args.out)
+    variants = [name for flag, name in ((args.grad_checkpointing, "gc"), (args.selective_recompute, "recompute"),
+                                        (args.compile, "compile"), (not args.official, "ours")) if flag]
+    parts = ["step", args.setup or f"{args.preset}-p{args.patch}-{args.img}px-b{args.batch}", dtype, *variants,
+             f"{cpu_tag(machine)}-{torch.get_num_threads()}t" if "gpu" not in machine else cpu_tag(machine)]
+    return RESULTS / ("_".join(parts) + ".json")
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -289,8 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     allocator_tuned = device.type == "cpu" and args.keep_freed_memory and keep_freed_memory()
-    dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    autocast_dtype = torch.bfloat16 if dtype_name == "bf16" else None
+    choice = decide_dtype(args, device)
+    autocast_dtype = choice.autocast_dtype
     if args.memory_probe:
         result = run_probe(args, device, autocast_dtype)
         print(json.dumps(result))
@@ -298,8 +342,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     official = Official(args, device, autocast_dtype) if args.official else None  # fails early on a bad path
     ours = Ours(args, device, autocast_dtype)
-    peak_dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
-    peaks_before = matmul_peaks(device, peak_dtype, args.peak_size)
+    peak_dtype = autocast_dtype or torch.float32
+    # Emulated bf16 (a CPU without avx512_bf16/AMX) takes about a minute per 2048 matmul: measure it smaller.
+    emulated = device.type == "cpu" and peak_dtype == torch.bfloat16 and not onednn_bf16_available()
+    peak_size = min(args.peak_size, 512) if emulated else args.peak_size
+    peaks_before = matmul_peaks(device, peak_dtype, peak_size)
     arch = arch_of(ours)
     samples = make_samples(args)
     t_ours, t_off, t_same = Timings(), Timings(), Timings()
@@ -312,18 +359,24 @@ def main(argv: list[str] | None = None) -> dict:
                 record(t_same, official.step(samples, ours.last_masks), arch, args.batch, warm)
 
     # Measured before and after the steps, the best kept: a busy machine can only lower it. MFU is against the
-    # fastest kernel found, whichever implementation uses it.
-    peaks_after = matmul_peaks(device, peak_dtype, args.peak_size)
+    # fastest kernel found in the step's precision, whichever implementation uses it.
+    peaks_after = matmul_peaks(device, peak_dtype, peak_size)
     peaks = {k: max(v, peaks_after[k]) for k, v in peaks_before.items()}
     peak = max(peaks.values())
+    machine = machine_info(device)
     result = {
         "benchmark": "train_step",
-        "config": {k: v for k, v in vars(args).items() if k not in ("official", "memory_probe")},
-        "dtype": dtype_name,
-        "machine": machine_info(device),
+        "config": {k: v for k, v in vars(args).items() if k not in ("official", "memory_probe", "out", "save")},
+        "dtype": choice.precision,
+        "precision": choice.record(),
+        "machine": machine,
+        "matmul_peak_dtype": str(peak_dtype).replace("torch.", ""),
+        "matmul_peak_size": peak_size,
         "matmul_peak_flops_per_s": peak,
         "matmul_peaks_by_kernel": peaks,
         "onednn_linear": device.type == "cpu" and onednn_linear_available(),
+        "onednn_bf16": device.type == "cpu" and onednn_bf16_available(),
+        "kernels": kernels.current_kernels() if device.type == "cpu" else None,
         "keep_freed_memory": allocator_tuned,
         "ours": summarise(t_ours, arch, args.batch, peaks),
     }
@@ -346,7 +399,14 @@ def main(argv: list[str] | None = None) -> dict:
             result["official"]["memory"] = memory_probe(argv, "official")
             if args.same_masks:
                 result["official_same_masks"]["memory"] = memory_probe(argv, "official_same_masks")
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.save:
+        tag = f"auto-{choice.precision}" if choice.requested == "auto" else choice.precision
+        path = result_path(args, tag, machine)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        print(f"written to {path}", file=sys.stderr)
     return result
 
 
@@ -374,11 +434,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--repeat", type=int, default=5, help="timed steps (the median is reported)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
-                   help="fp32, or bf16 autocast (default: fp32 on CPU, bf16 on GPU)")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="fp32, bf16 or fp16 autocast, or auto: what train.precision=auto picks here (default: fp32 "
+                        "on CPU, bf16 on GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile our model (the warm-up shows its cost)")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in our backward")
+    p.add_argument("--selective-recompute", action="store_true",
+                   help="recompute only LayerNorm and GELU outputs in our backward (train.selective_recompute)")
     p.add_argument("--official", default=None, help="path of a facebookresearch/ijepa checkout to compare with")
     p.add_argument("--no-same-masks", dest="same_masks", action="store_false",
                    help="skip the official step on our masks (saves a third of the time)")
@@ -389,6 +452,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "affected alike: they share the process)")
     p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmuls that measure the peak")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="result file (default: benchmarks/results/step_<setup>_<dtype>_...)")
+    p.add_argument("--no-save", dest="save", action="store_false", help="print the result only")
     p.add_argument("--memory-probe", choices=["ours", "official", "official_same_masks"], default=None,
                    help=argparse.SUPPRESS)
     known, _ = p.parse_known_args(argv)

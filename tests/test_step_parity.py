@@ -131,7 +131,7 @@ def test_fast_linear_matches_f_linear_forward_and_backward(bias):
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_fast_linear_takes_onednn_exactly_where_it_should(monkeypatch):
+def test_fast_linear_takes_onednn_exactly_where_it_should(monkeypatch, kernels):
     from openjepa.models import fast_linear
 
     calls = []
@@ -142,9 +142,57 @@ def test_fast_linear_takes_onednn_exactly_where_it_should(monkeypatch):
     assert len(calls) == (1 if fast_linear.onednn_linear_available() else 0)
     calls.clear()
     fast_linear.linear(x.double(), w.double())  # other dtypes: plain F.linear
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast must keep its say
+    assert not calls
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps its say: bf16, through oneDNN where native
         out = fast_linear.linear(x, w)
-    assert out.dtype == torch.bfloat16 and not calls
+    assert out.dtype == torch.bfloat16 and len(calls) == (1 if fast_linear.onednn_bf16_available() else 0)
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.float16):  # fp16: no oneDNN path
+        fast_linear.linear(x, w)
+    kernels.use_kernels(linear={"fp32": "aten"})  # the measured choice can send fp32 to F.linear too
+    fast_linear.linear(x, w)
+    assert not calls
+
+
+@pytest.fixture
+def kernels():
+    from openjepa.models import kernels
+
+    yield kernels
+    kernels.reset_kernels()
+
+
+@pytest.mark.parametrize("choice", [{"linear": {"fp32": "aten"}}, {"attention": {"fp32": "explicit"}}],
+                         ids=["aten_linear", "explicit_attention"])
+def test_fast_step_matches_reference_with_each_kernel(kernels, choice):
+    kernels.use_kernels(**choice)
+    fast, ref = make_pair()
+    fast_opt, ref_opt = make_optimizer(fast), reference_optimizer(ref)
+    for images, ctx, tgt in batches(fast, 1):
+        out = train_step(fast, fast_opt, images, ctx, tgt, LR, WD, MOMENTUM)
+        ref_loss = reference_step(ref, ref_opt, images, ctx, tgt, LR, WD, MOMENTUM)
+        torch.testing.assert_close(out.loss, ref_loss, rtol=1e-5, atol=1e-7)
+    assert_same_weights(fast, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_explicit_attention_matches_sdpa(kernels, dtype):
+    from openjepa.models.layers import scaled_dot_product
+
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(3, 11, 3 * 4 * 8, generator=g).to(dtype)
+    grad = torch.randn(3, 4, 11, 8, generator=g).to(dtype)
+    results = []
+    for kernel in ("sdpa", "explicit"):
+        kernels.use_kernels(attention={"fp32": kernel, "bf16": kernel})
+        leaf = qkv.clone().requires_grad_(True)
+        q, k, v = (t.unflatten(-1, (4, 8)).transpose(1, 2) for t in leaf.split(32, dim=-1))  # strided, as the model
+        out = scaled_dot_product(q, k, v)
+        out.backward(grad)
+        results.append((out.float(), leaf.grad.float()))
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 @pytest.mark.slow

@@ -49,7 +49,10 @@ def test_run_writes_its_outputs(tmp_path):
     assert state["epoch"] == 2 and state["step"] == 16 and state["world_size"] == 1
     assert all(k.startswith("module.") for k in state["encoder"])  # the released layout
     assert set(state) >= {"encoder", "predictor", "target_encoder", "opt", "scaler", "epoch", "loss",
-                          "batch_size", "world_size", "lr", "config", "rng"}
+                          "batch_size", "world_size", "lr", "config", "rng", "precision"}
+    # what train.precision=auto resolved to (fp32 here: tests/conftest.py fixes it), in the checkpoint and config
+    assert state["precision"]["requested"] == "auto" and state["precision"]["resolved"] == "fp32"
+    assert (run / "config.yaml").read_text().startswith("# train.precision=auto resolved to fp32 here (cpu, fp32")
 
 
 def test_refuses_to_mix_runs_without_resume_or_overwrite(tmp_path):

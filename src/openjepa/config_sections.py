@@ -97,9 +97,10 @@ class TrainConfig:
     out_dir: str = "runs/ijepa"
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else mps, else cpu
-    precision: str = "auto"  # auto: bf16 autocast on GPUs that support it, fp32 elsewhere
+    precision: str = "auto"  # auto: measured on CPU (bf16 if >= 1.3x fp32); GPU bf16 if native, else fp16
     compile: bool = False  # torch.compile the model
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
+    selective_recompute: bool = False  # recompute only LayerNorm/GELU outputs in backward: ~1/3 less activations
     checkpoint_every: int = 1  # epochs between rewrites of jepa-latest.pth.tar (the last epoch always writes it)
     keep_every: int = 0  # also keep a numbered copy, jepa-epN.pth.tar, every N epochs (0: latest only)
     log_every: int = 10  # steps between updates of the progress bar's mean loss (on a terminal)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import asdict, dataclass
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models.layers import gather_tokens
+from .models.recompute import dropping_recomputable
 from .models.predictor import VisionTransformerPredictor
 from .models.vit import PRESETS, VisionTransformer, preset_name
 
@@ -98,6 +100,7 @@ class IJEPA(nn.Module):
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False).eval()
         self.loss_name = loss
         self.target_type = target
+        self.selective_recompute = False
 
     def train(self, mode: bool = True) -> IJEPA:
         super().train(mode)
@@ -122,8 +125,23 @@ class IJEPA(nn.Module):
     def predict(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
         """Predictions ``[M*B, Kt, D]`` of the target blocks from the context patches."""
         grid = self.encoder.patch_embed.grid_for(images.shape[-2], images.shape[-1])
-        z = self.encoder(images, context_idx)
-        return self.predictor(z, context_idx, target_idx, grid)
+        with self._activation_scope():
+            z = self.encoder(images, context_idx)
+            return self.predictor(z, context_idx, target_idx, grid)
+
+    def _activation_scope(self) -> contextlib.AbstractContextManager:
+        # A plain nullcontext when off: compiled graphs never meet the saved-tensor hooks (Inductor plans its own
+        # recomputation).
+        if self.selective_recompute and self.training and torch.is_grad_enabled() and (
+            not torch.compiler.is_compiling()
+        ):
+            return dropping_recomputable()
+        return contextlib.nullcontext()
+
+    def set_selective_recompute(self, enable: bool = True) -> None:
+        """Recompute LayerNorm and GELU outputs in backward instead of keeping them (about a third less
+        activation memory for a few elementwise passes; gradients unchanged). See ``openjepa.models.recompute``."""
+        self.selective_recompute = enable
 
     def criterion(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean over blocks, patches and features (every block has the same size)."""

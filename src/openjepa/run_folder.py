@@ -77,12 +77,14 @@ def load_run_config(source: str | os.PathLike | None, overrides: list[str] | Non
     return load_config(source, overrides)
 
 
-def save_run_config(config: RunConfig, run_dir: Path) -> Path:
+def save_run_config(config: RunConfig, run_dir: Path, note: str | None = None) -> Path:
     """Write ``config.yaml`` atomically: a process killed while writing it must not leave a truncated file that
-    ``--resume RUN_DIR`` would read back as different (default) settings."""
+    ``--resume RUN_DIR`` would read back as different (default) settings. ``note`` (e.g. what
+    ``train.precision=auto`` resolved to) heads the file as a comment: recorded, but not read back, so that a
+    resumed run decides again on the machine it resumes on."""
     path = Path(run_dir) / CONFIG
     with atomic_write(path) as f:
-        f.write(config.to_yaml())
+        f.write("".join(f"# {line}\n" for line in (note or "").splitlines()) + config.to_yaml())
     return path
 
 

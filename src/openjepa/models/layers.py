@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .fast_linear import linear, linear_gelu
 from .pos_embed import GridSize, to_2tuple
+from .recompute import recomputable
 
 LAYER_NORM_EPS = 1e-6
 
@@ -96,8 +98,26 @@ class Attention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.unflatten(-1, (self.num_heads, head_dim)).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
+        out = scaled_dot_product(heads(q), heads(k), heads(v))
         return linear(out.transpose(1, 2).reshape(batch, num_queries, dim), self.proj.weight, self.proj.bias)
+
+
+def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` for ``[B, H, N, d]`` heads, by the kernel :mod:`.kernels` names for CPU.
+
+    ``"explicit"`` builds the attention matrix with two batched matmuls (what the released code does): one large
+    call each, where PyTorch's CPU flash kernel makes one small matmul per block of 32-64 queries and each head,
+    which in bf16 goes through oneDNN with a call overhead that short ViT sequences cannot hide.
+    """
+    if (
+        not torch.compiler.is_compiling()
+        and q.device.type == "cpu"
+        and kernels.attention_kernel(kernels.cpu_compute_dtype(q.dtype)) == "explicit"
+    ):
+        # The scale goes on the scores in place: the matmul's backward needs only q and k, not its output.
+        scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)
+        return torch.matmul(scores.softmax(dim=-1), v)
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 class Block(nn.Module):
@@ -120,12 +140,12 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.attn(normed(self.norm1, x)))
         return self.feed_forward(x)
 
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The second half of the block: ``x + mlp(norm2(x))``."""
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(self.mlp(normed(self.norm2, x)))
 
     def forward_last(self, x: torch.Tensor, num_queries: int) -> torch.Tensor:
         """The block's output for the last ``num_queries`` tokens only, ``[B, num_queries, D]``.
@@ -134,7 +154,7 @@ class Block(nn.Module):
         projection and MLP of the other tokens, whose outputs would be thrown away, are never computed.
         """
         dim = x.shape[-1]
-        h = self.norm1(x)
+        h = normed(self.norm1, x)
         weight, bias = self.attn.qkv.weight, self.attn.qkv.bias
         kv = linear(h, weight[dim:], None if bias is None else bias[dim:])
         tail = h[:, h.shape[1] - num_queries :]
@@ -164,12 +184,17 @@ class Block(nn.Module):
             return torch.cat([per_block(ctx), qry], dim=2).flatten(0, 1)
 
         w, b = self.attn.qkv.weight, self.attn.qkv.bias
-        qkv = joined(linear(self.norm1(context), w, b), linear(self.norm1(queries), w, b))
+        qkv = joined(linear(normed(self.norm1, context), w, b), linear(normed(self.norm1, queries), w, b))
         if last:
             x = queries + self.drop_path(self.attn.attend(qkv, num_queries))
         else:
             x = joined(context, queries) + self.drop_path(self.attn.attend(qkv))
         return self.feed_forward(x)
+
+
+def normed(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, marked as cheap to recompute in backward (see :mod:`.recompute`)."""
+    return recomputable(norm(x), norm, x)
 
 
 class PatchEmbed(nn.Module):

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .fast_linear import linear
-from .layers import LAYER_NORM_EPS, Block, drop_path_rates, gather_tokens, init_transformer_weights
+from .layers import LAYER_NORM_EPS, Block, drop_path_rates, gather_tokens, init_transformer_weights, normed
 from .pos_embed import GridSize, resample_pos_embed, sincos_2d, to_2tuple
 
 
@@ -122,7 +122,7 @@ class VisionTransformerPredictor(nn.Module):
             x = self._run(blk, x)
         if len(blocks) > 1:
             x = self._run(blocks[-1].forward_last, x, num_targets)
-        return linear(self.predictor_norm(x), proj.weight, proj.bias)
+        return linear(normed(self.predictor_norm, x), proj.weight, proj.bias)
 
     def _run(self, fn, *args):
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .layers import (LAYER_NORM_EPS, Block, PatchEmbed, drop_path_rates, gather_tokens, init_fan_in_scaled,
-                     init_transformer_weights)
+                     init_transformer_weights, normed)
 from .pos_embed import GridSize, resample_pos_embed, sincos_2d
 
 
@@ -163,7 +163,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """``[B, C, H, W] -> [B, N, D]``, or ``[B, K, D]`` / ``[M*B, K, D]`` for masks ``[B, K]`` / ``[M, B, K]``."""
-        return self.norm(self.run_blocks(self.prepare_tokens(x, masks)))
+        return normed(self.norm, self.run_blocks(self.prepare_tokens(x, masks)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """All patch tokens after the final norm, ``[B, N, D]`` (timm's name for the unpooled output)."""

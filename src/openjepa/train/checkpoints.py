@@ -71,10 +71,12 @@ def training_state(
     config: dict[str, Any],
     normalisation: dict[str, list[float]] | None = None,
     provenance: dict[str, str] | None = None,
+    precision: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict: the released layout (``module.``-prefixed state dicts, ``opt``, ``epoch``...) plus
-    openjepa's exact-resume fields, the input normalisation the weights were trained with, and (for runs that
-    started from released weights) their ``license`` and ``source``, which exports carry on."""
+    openjepa's exact-resume fields, the input normalisation the weights were trained with, the precision the run
+    resolved to (``train.precision`` may say ``auto``), and (for runs that started from released weights) their
+    ``license`` and ``source``, which exports carry on."""
     return {
         **(provenance or {}),
         NORMALISATION_KEY: normalisation,
@@ -92,6 +94,7 @@ def training_state(
         "step_in_epoch": position.step_in_epoch,
         "config": config,
         "rng": _rng_state(),
+        "precision": precision,
         "openjepa_version": __version__,
     }
 

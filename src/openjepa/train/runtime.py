@@ -6,11 +6,17 @@ import datetime
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from ..errors import UserError
+from .autoprecision import resolve_precision
+
+if TYPE_CHECKING:
+    from ..speed_probe import ProbeShapes
+    from ..precision import PrecisionChoice
 
 
 @dataclass
@@ -21,6 +27,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    precision_choice: PrecisionChoice | None = None  # what train.precision resolved to, and why
 
     @property
     def is_main(self) -> bool:
@@ -36,7 +43,7 @@ class Runtime:
 
     def describe(self) -> str:
         where = f"{self.device}" + (f", {self.world_size} processes" if self.distributed else "")
-        return f"{where}, {self.precision}"
+        return f"{where}, {self.precision_choice.reason if self.precision_choice else self.precision}"
 
 
 def _pick_device(name: str, local_rank: int) -> torch.device:
@@ -55,23 +62,22 @@ def _pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
-def _pick_precision(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    if name == "auto":
-        # bf16 autocast where the GPU supports it; fp32 on CPU (bf16 matmuls are slower than fp32 on most CPUs).
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16, False
-        return None, False
-    if name == "fp32":
-        return None, False
-    if name == "bf16":
-        return torch.bfloat16, False
-    if device.type != "cuda":
-        raise UserError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 here")
-    return torch.float16, True
+def _pick_precision(name: str, device: torch.device, shapes: ProbeShapes | None, threads: int | None,
+                    rank: int, world_size: int) -> PrecisionChoice:
+    """bf16 on a CPU where it measures clearly faster, on GPUs with native bf16; see ``openjepa.precision``."""
+    def from_rank0(measure):  # one process measures, all decide alike
+        box = [measure() if rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    share = from_rank0 if device.type == "cpu" and world_size > 1 and dist.is_initialized() else None
+    return resolve_precision(name, device, shapes, threads, share)
 
 
-def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """Join torchrun's process group when launched by torchrun (gloo on CPU, NCCL on GPU), pick device/precision."""
+def setup_runtime(device: str = "auto", precision: str = "auto", shapes: ProbeShapes | None = None,
+                  threads: int | None = None) -> Runtime:
+    """Join torchrun's process group when launched by torchrun (gloo on CPU, NCCL on GPU), pick device/precision
+    (on a CPU, measured at ``shapes`` with ``threads`` threads)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -81,8 +87,8 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
-    dtype, scaler = _pick_precision(precision, dev)
-    return Runtime(dev, dtype, scaler, rank, world_size, local_rank)
+    choice = _pick_precision(precision, dev, shapes, threads, rank, world_size)
+    return Runtime(dev, choice.autocast_dtype, choice.grad_scaler, rank, world_size, local_rank, choice)
 
 
 def shutdown_runtime(runtime: Runtime) -> None:

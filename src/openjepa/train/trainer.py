@@ -34,6 +34,7 @@ from ..run_folder import CURVES_PNG, LATEST, clear_earlier_run, remove_unfinishe
 from ..schedules import Schedules
 from ..step import NonFiniteLossError, StepResult, make_optimizer, train_step
 from ..viz.run import save_run_plot
+from .autoprecision import run_probe_shapes
 from .checkpoints import Position, provenance_of, restore_training_state, save_training_state, training_state
 from .evaluation import RunMonitor
 from .preflight import build_model, check_settings, refuse_to_mix_runs
@@ -66,7 +67,8 @@ def pretrain(config: RunConfig, resume: str | Path | None = None, overwrite: boo
     >>> from openjepa.config import load_config
     >>> result = pretrain(load_config("digits", ["optim.epochs=1"]))  # doctest: +SKIP
     """
-    runtime = setup_runtime(config.train.device, config.train.precision)
+    runtime = setup_runtime(config.train.device, config.train.precision, run_probe_shapes(config),
+                            config.train.threads)
     try:
         return Trainer(config, runtime, Path(resume) if resume else None, overwrite).run()
     finally:
@@ -95,6 +97,7 @@ class Trainer:
         if config.train.grad_checkpointing:
             self.model.encoder.set_grad_checkpointing(True)
             self.model.predictor.set_grad_checkpointing(True)
+        self.model.set_selective_recompute(config.train.selective_recompute)
         self.optimizer = make_optimizer(self.model)
         self.scaler = torch.amp.GradScaler(runtime.device.type) if runtime.use_grad_scaler else None
         self.schedules = self._schedules()
@@ -198,7 +201,7 @@ class Trainer:
             if self.resume is None:
                 clear_earlier_run(self.run_dir, self.overwrite)
             remove_unfinished_writes(self.run_dir)
-            save_run_config(self.cfg, self.run_dir)
+            save_run_config(self.cfg, self.run_dir, _precision_note(self.cfg, self.rt))
             resume_step = self.position.global_step if self.resume is not None else None
             self.log = RunLog(self.run_dir, resume_step, self.cfg.train.tensorboard, grad_norm=self._logs_grad_norm)
         barrier(self.rt)
@@ -324,7 +327,8 @@ class Trainer:
             )
         state = training_state(self.model, self.optimizer, self.scaler, self.position, loss,
                                self.cfg.data.batch_size, self.rt.world_size, self.cfg.to_dict(),
-                               {"mean": list(self.data.mean), "std": list(self.data.std)}, self.provenance)
+                               {"mean": list(self.data.mean), "std": list(self.data.std)}, self.provenance,
+                               self.rt.precision_choice.record() if self.rt.precision_choice else None)
         try:
             save_training_state(state, self.run_dir, self.position.epoch if keep else None)
         except CheckpointError as exc:
@@ -375,6 +379,14 @@ class Trainer:
             + (f"; resuming at step {self.position.global_step}" if self.position.global_step else ""),
             flush=True,
         )
+
+
+def _precision_note(config: RunConfig, runtime: Runtime) -> str | None:
+    """The config.yaml comment that records what ``train.precision`` resolved to on this machine."""
+    choice = runtime.precision_choice
+    if choice is None:
+        return None
+    return f"train.precision={config.train.precision} resolved to {choice.precision} here ({choice.describe()})"
 
 
 def _first_non_finite(model: IJEPA) -> str | None:

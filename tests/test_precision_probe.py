@@ -1,0 +1,63 @@
+"""The CPU measurement behind train.precision=auto, run for real on tiny shapes (its results are not asserted:
+they depend on the machine), and its way into a run's runtime, header and records."""
+
+import pytest
+import torch
+
+from openjepa.models import kernels
+from openjepa.speed_probe import MAX_FLOPS_PER_REP, ProbeShapes, measure_cpu_rates, probe_flops, probe_shapes
+from openjepa.precision import CpuRates
+
+TINY = ProbeShapes(linear=((16, 8, 32), (16, 32, 8)), attention=((2, 2, 5, 4),))
+
+
+@pytest.fixture(autouse=True)
+def _default_kernels():
+    yield
+    kernels.reset_kernels()
+
+
+def test_measurement_covers_every_working_kernel():
+    rates = measure_cpu_rates(TINY)
+    assert set(rates.linear["fp32"]) >= {"aten"} and set(rates.attention["fp32"]) == {"sdpa", "explicit"}
+    if "bf16" in rates.linear:  # bf16 passed the screen: a CPU with native bf16
+        assert rates.bf16_screen is None and set(rates.attention["bf16"]) == {"sdpa", "explicit"}
+    else:  # emulated bf16: stopped at the screen, which says by how much
+        assert 0 < rates.bf16_screen < 0.5
+    for table in (rates.linear, rates.attention):
+        assert all(r > 0 for by_kernel in table.values() for r in by_kernel.values())
+    assert kernels.current_kernels() == {"linear": {"fp32": "onednn", "bf16": "onednn"},
+                                         "attention": {"fp32": "sdpa", "bf16": "sdpa"}}  # restored afterwards
+
+
+def test_shapes_are_scaled_to_the_budget():
+    small = probe_shapes(192, 3, 4.0, 96, 3, batch=128, context_len=21, target_len=11)
+    assert small.linear[0] == (small.attention[0][0] * 21, 192, 768) and probe_flops(small) <= MAX_FLOPS_PER_REP
+    huge = probe_shapes(1280, 16, 4.0, 384, 12, batch=16, context_len=200, target_len=40)
+    assert huge.attention[0][0] == 1  # never below one image
+    assert small.signature() != huge.signature() and small.signature() == probe_shapes(
+        192, 3, 4.0, 96, 3, batch=128, context_len=21, target_len=11).signature()
+
+
+def test_run_header_and_records_say_what_auto_resolved_to(monkeypatch, tmp_path):
+    from openjepa.config import load_config
+    from openjepa.train import autoprecision, runtime
+    from openjepa.train.trainer import _precision_note
+
+    measured = CpuRates({"fp32": {"onednn": 80e9, "aten": 100e9}, "bf16": {"onednn": 480e9, "aten": 300e9}},
+                        {"fp32": {"sdpa": 1.0, "explicit": 2.0}, "bf16": {"sdpa": 1.0, "explicit": 3.0}})
+    seen = []
+    monkeypatch.setattr(autoprecision, "measure_cpu_rates", lambda shapes: seen.append(shapes) or measured)
+    monkeypatch.setenv("OPENJEPA_CPU_PRECISION", "measure")
+    monkeypatch.setenv("OPENJEPA_CACHE_DIR", str(tmp_path))
+    config = load_config("digits", ["train.device=cpu"])
+    rt = runtime.setup_runtime("cpu", "auto", autoprecision.run_probe_shapes(config), threads=1)
+    assert seen and rt.autocast_dtype == torch.bfloat16 and not rt.use_grad_scaler
+    assert rt.describe() == "cpu, bf16 autocast: 4.8x the fp32 matmul rate here"
+    assert kernels.current_kernels() == {"linear": {"fp32": "aten", "bf16": "onednn"},
+                                         "attention": {"fp32": "explicit", "bf16": "explicit"}}
+    assert rt.precision_choice.record()["resolved"] == "bf16"
+    assert _precision_note(config, rt) == ("train.precision=auto resolved to bf16 here "
+                                           "(cpu, bf16 autocast: 4.8x the fp32 matmul rate here)")
+    again = runtime.setup_runtime("cpu", "auto", autoprecision.run_probe_shapes(config), threads=1)
+    assert len(seen) == 1 and again.precision_choice.reason == rt.precision_choice.reason  # from the cache
