@@ -12,10 +12,11 @@ from .config import EvalConfig
 from .features import Features, extract_features, load_features, pool_features, save_features
 from .knn import KnnResult, knn_classify
 from .loading import LoadedEncoder, load_encoder, random_init_like, read_encoder
+from .lowshot import LowShot, LowShotResult, low_shot_knn, low_shot_linear, over_draws
 from .monitor import OnlineMonitor
 from .probe import LinearClassifier, ProbeResult, linear_probe
 from .report import FinalReport, final_report
-from .subsets import stratified_split, stratified_subset
+from .subsets import low_shot_subset, stratified_split, stratified_subset
 
 __all__ = [
     "EvalConfig",
@@ -24,6 +25,8 @@ __all__ = [
     "KnnResult",
     "LinearClassifier",
     "LoadedEncoder",
+    "LowShot",
+    "LowShotResult",
     "OnlineMonitor",
     "ProbeResult",
     "check_collapse",
@@ -35,6 +38,10 @@ __all__ = [
     "linear_probe",
     "load_encoder",
     "load_features",
+    "low_shot_knn",
+    "low_shot_linear",
+    "low_shot_subset",
+    "over_draws",
     "pool_features",
     "random_init_like",
     "rankme",
