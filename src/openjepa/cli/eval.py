@@ -1,4 +1,4 @@
-"""``openjepa eval linear|knn``: linear-probe or k-NN accuracy of a checkpoint's frozen encoder (or of features
+"""``openjepa eval linear|knn|attentive``: linear-probe, k-NN (or, in ``attentive.py``, attentive-probe) accuracy of a checkpoint's frozen encoder (or of features
 saved by ``openjepa embed``), printed as one line and written as JSON."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from .attentive import add_method as add_attentive_method
 from .embed import add_encoder_arguments, features_for_split, load_for_args
 from .lowshot import add_low_shot_arguments, low_shot_from_args, tagged
 
@@ -27,7 +28,7 @@ features) unless --out says where.
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="linear-probe or k-NN accuracy of a frozen encoder",
+        "eval", help="linear-probe, k-NN or attentive-probe accuracy of a frozen encoder",
         description="Evaluate a frozen encoder: a linear probe or weighted k-NN, trained on the train split and "
                     "scored on the test split.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,6 +50,7 @@ def add_parser(subparsers) -> None:
     knn.add_argument("--temperature", type=float, default=None,
                      help="vote weight exp(similarity / T) (default: eval.knn_temperature, 0.07)")
     knn.set_defaults(func=run)
+    add_attentive_method(methods)
     for sub in methods.choices.values():  # --debug is accepted after the method's name too
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
