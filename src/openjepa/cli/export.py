@@ -8,6 +8,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from . import export_classifier
+
 EXAMPLES = """examples:
   openjepa export --checkpoint runs/digits/jepa-latest.pth.tar --format hf --out exported/digits-hf
   openjepa export --checkpoint IN1K-vit.h.14-300e.pth.tar --format timm --out exported/vith14-timm
@@ -15,7 +17,8 @@ EXAMPLES = """examples:
 
 The checkpoint is an openjepa training checkpoint or a released I-JEPA .pth.tar. The target (EMA) encoder is
 exported unless --which context. Folders: openjepa -> model.safetensors + config.json (load_exported);
-hf -> transformers.IJepaModel.from_pretrained(DIR); timm -> see DIR/README.md.
+hf -> transformers.IJepaModel.from_pretrained(DIR); timm -> see DIR/README.md. A fine-tuning run folder or
+checkpoint (openjepa finetune) exports its classifier: hf -> IJepaForImageClassification, timm -> ViT with head.
 """
 
 
@@ -27,7 +30,8 @@ def add_parser(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="training checkpoint (openjepa's or a released one)")
+    p.add_argument("--checkpoint", required=True,
+                   help="training checkpoint (openjepa's or a released one), or a fine-tuning run folder / checkpoint")
     p.add_argument("--format", choices=("openjepa", "hf", "timm"), default="openjepa", help="default: openjepa")
     p.add_argument("--which", choices=("target", "context"), default="target",
                    help="the EMA target encoder (default, what the paper evaluates) or the context encoder")
@@ -53,6 +57,8 @@ def report_warnings(command: str, work: Callable[[], object]) -> object:
 
 
 def run(args) -> int:
+    if export_classifier.handles(args):  # a fine-tuned classifier: transformers / timm with its head
+        return export_classifier.run(args)
     from ..checkpoint import CheckpointError
     from ..interop import export_hf, export_openjepa, export_timm
     from ..interop.official import encoder_from_state, read_checkpoint

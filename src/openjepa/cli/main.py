@@ -15,7 +15,7 @@ from ..errors import user_error_types
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 # Modules of openjepa.cli that each register one subcommand through add_parser(subparsers).
-COMMANDS = ("pretrain", "check_data", "viz", "export", "convert", "embed", "eval")
+COMMANDS = ("pretrain", "check_data", "viz", "export", "convert", "embed", "eval", "finetune", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:
