@@ -5,6 +5,9 @@ import csv
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +184,25 @@ def test_clear_errors(tmp_path):
         finetune(config(tmp_path / "b"), resume=tmp_path / "other.pth.tar")
     with pytest.raises(Exception, match="layer_decay"):
         config(tmp_path, "optim.layer_decay=1.5")
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    args = ["data.max_samples=160", "optim.epochs=1", "optim.drop_path=0"]  # drop-path noise differs per process
+    one = finetune(config(tmp_path / "one", *args, "data.batch_size=16"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "openjepa", "finetune", "-c", str(RECIPE), *TINY, *args,
+           "data.batch_size=8", f"train.out_dir={tmp_path / 'two'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    losses = [[float(r["loss"]) for r in _rows(tmp_path / run, "metrics.csv")] for run in ("one", "two")]
+    assert len(losses[0]) == len(losses[1]) == 9 and np.allclose(losses[0], losses[1], atol=1e-5)
+    for key, value in _weights(tmp_path / "one").items():
+        other = _weights(tmp_path / "two")[key]
+        if key.endswith("attn.qkv.bias"):  # the key bias shifts every logit of a query equally: its true gradient
+            value, other = value[torch.arange(48) // 16 != 1], other[torch.arange(48) // 16 != 1]  # is 0 (Adam
+            # turns the float noise of the two reductions into steps of its own)
+        assert torch.allclose(value, other, atol=1e-5), key
+    assert json.loads((tmp_path / "two" / "final.json").read_text())["top1"] == pytest.approx(one.top1, abs=1e-6)
