@@ -23,7 +23,7 @@ from .config import (
 from .data import Splits, choose_splits
 from .draws import StoppedDraw, finetune_draws, with_low_shot
 from .optim import layer_id, lr_scale, make_finetune_optimizer, param_groups
-from .trainer import FinetuneDiverged, FinetuneResult, FineTuner, finetune
+from .trainer import FinetuneDiverged, FinetuneResult, FineTuner, Scores, finetune, score_classifier
 
 __all__ = [
     "BEST",
@@ -36,6 +36,7 @@ __all__ = [
     "FinetuneResult",
     "FinetuneSettings",
     "PretrainedEncoder",
+    "Scores",
     "Splits",
     "StoppedDraw",
     "choose_splits",
@@ -51,5 +52,6 @@ __all__ = [
     "make_finetune_optimizer",
     "param_groups",
     "read_classifier",
+    "score_classifier",
     "with_low_shot",
 ]

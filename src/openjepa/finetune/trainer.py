@@ -95,6 +95,33 @@ class FinetuneResult:
                 "run_dir": str(self.run_dir), "line": self.line}
 
 
+@torch.no_grad()
+def score_classifier(model: ViTClassifier, dataset, batch_size: int = 256, device: str | torch.device = "cpu",
+                     autocast_dtype: torch.dtype | None = None) -> Scores:
+    """Top-1, mean cross-entropy (no label smoothing) and top-5 (more than 5 classes) of ``model`` on a dataset of
+    ``(image, label)``; the model is put back in its previous mode."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator().manual_seed(0))
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    hits1, hits5, loss, n = 0, 0, 0.0, 0
+    try:
+        with autocast:
+            for images, labels in loader:
+                logits = model(images.to(device)).float()
+                labels = torch.as_tensor(labels).long().to(device)
+                loss += F.cross_entropy(logits, labels, reduction="sum").item()
+                hits1 += int(topk_hits(logits, labels, 1).sum())
+                hits5 += int(topk_hits(logits, labels, 5).sum())
+                n += len(labels)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise UserError("cannot score a classifier on an empty dataset")
+    return Scores(hits1 / n, loss / n, hits5 / n if model.num_classes > 5 else None, n)
+
+
 def prepare_run_dir(run_dir: Path, resume: Path | None, overwrite: bool, runtime: Runtime) -> None:
     """Refuse to mix two runs (or a fine-tuning and a pretraining run) in one folder; remove what an abandoned
     attempt left behind."""
@@ -376,29 +403,10 @@ class FineTuner:
                       f" (best {self.best['holdout_top1']:.4f} at epoch {self.best['epoch']})")
         barrier(self.rt)
 
-    @torch.no_grad()
     def score(self, dataset, model: ViTClassifier | None = None) -> Scores:
-        """Top-1, cross-entropy (no label smoothing) and top-5 (more than 5 classes) of ``model`` (default: the
-        model being trained) on a dataset of ``(image, label)``."""
-        model = model or self.model
-        was_training = model.training
-        model.eval()
-        loader = DataLoader(dataset, batch_size=self.cfg.finetune.eval_batch_size, shuffle=False,
-                            generator=torch.Generator().manual_seed(0))
-        hits1, hits5, loss, n = 0, 0, 0.0, 0
-        try:
-            with self._autocast():
-                for images, labels in loader:
-                    logits = model(images.to(self.rt.device)).float()
-                    labels = torch.as_tensor(labels).long().to(self.rt.device)
-                    loss += F.cross_entropy(logits, labels, reduction="sum").item()
-                    hits1 += int(topk_hits(logits, labels, 1).sum())
-                    hits5 += int(topk_hits(logits, labels, 5).sum())
-                    n += len(labels)
-        finally:
-            model.train(was_training)
-        top5 = hits5 / n if model.num_classes > 5 else None
-        return Scores(hits1 / n, loss / n, top5, n)
+        """:func:`score_classifier` of ``model`` (default: the model being trained) on a dataset."""
+        return score_classifier(model or self.model, dataset, self.cfg.finetune.eval_batch_size, self.rt.device,
+                                self.rt.autocast_dtype)
 
     def _record(self, with_training_state: bool) -> dict[str, Any]:
         self.info.epoch = self.position.epoch
