@@ -69,6 +69,7 @@ class FinetuneSettings:
     init: str | None = None  # run folder, checkpoint, Hugging Face / openjepa / timm folder; None: random init
     which: str = "target"  # encoder of an I-JEPA checkpoint: target (EMA) or context
     head_init: str = "probe"  # probe: start from a linear probe of the frozen encoder (LP-FT); random: small random
+    head_norm: bool = True  # the head reads batch-normalised features in training (folded into it when saved)
     augment: bool = True  # random resized crop (data.crop_scale, data.crop_ratio) + flip (data.hflip)
     holdout: float = 0.1  # fraction of the (low-shot) training images held out to choose the model
     labels_per_class: int | None = None  # low-shot: this many labelled training images of every class

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
@@ -44,8 +44,10 @@ from ..train.state import Position, _rng_state, _set_rng_state, save_run_config
 from .checkpoint import BEST, FINAL, LATEST, SPLITS, ClassifierInfo, classifier_record, is_finetune_checkpoint
 from .config import FinetuneConfig, PretrainedEncoder, model_section
 from .data import FinetuneData, build_finetune_data
+from .head import FinetuneNet
 from .optim import make_finetune_optimizer, set_lr
 
+STATISTICS_IMAGES = 4096  # training images that measure the head norm's statistics before an evaluation
 STEP_FIELDS = ("step", "epoch", "loss", "train_top1", "lr", "wd", "step_ms", "data_ms", "images_per_s")
 DEFAULT_LICENSE = "Apache-2.0"  # weights trained from scratch by openjepa
 PlotFn = Callable[[Path], Any]
@@ -96,7 +98,7 @@ class FinetuneResult:
 
 
 @torch.no_grad()
-def score_classifier(model: ViTClassifier, dataset, batch_size: int = 256, device: str | torch.device = "cpu",
+def score_classifier(model: ViTClassifier | FinetuneNet, dataset, batch_size: int = 256, device: str | torch.device = "cpu",
                      autocast_dtype: torch.dtype | None = None) -> Scores:
     """Top-1, mean cross-entropy (no label smoothing) and top-5 (more than 5 classes) of ``model`` on a dataset of
     ``(image, label)``; the model is put back in its previous mode."""
@@ -190,7 +192,9 @@ class FineTuner:
                                   f"has {self.data.num_classes}")
         set_drop_path(self.model.encoder, cfg.optim.drop_path)
         self.model.encoder.set_grad_checkpointing(cfg.train.grad_checkpointing)
-        self.model.to(runtime.device)
+        self.train_net = FinetuneNet(self.model, cfg.finetune.head_norm).to(runtime.device)
+        if cfg.finetune.head_norm:  # the head norm absorbs the final norm's per-channel scale and shift: their
+            self.model.encoder.norm.requires_grad_(False)  # gradients are exactly 0, Adam would only walk noise
         self.optimizer = make_finetune_optimizer(self.model, cfg.optim.weight_decay, cfg.optim.layer_decay)
         self.scaler = torch.amp.GradScaler(runtime.device.type) if runtime.use_grad_scaler else None
         self.steps_per_epoch = self.data.steps_per_epoch
@@ -205,10 +209,10 @@ class FineTuner:
             if cfg.finetune.head_init == "probe" and runtime.is_main:  # DDP copies rank 0's weights to the others
                 self._head_from_probe()
             torch.manual_seed(cfg.train.seed + 1 + runtime.rank)  # drop-path noise differs across processes
-        self.net: torch.nn.Module = self.model
+        self.net: torch.nn.Module = self.train_net
         if runtime.distributed:
             ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids)
+            self.net = DistributedDataParallel(self.train_net, device_ids=ids)
         self.saved_step: int | None = self.position.global_step if state is not None else None
         resumed_at = self.position.global_step if state is not None else None
         if runtime.is_main:
@@ -222,13 +226,13 @@ class FineTuner:
         if resume is None:
             return None
         state = load_checkpoint(resume)
-        if not is_finetune_checkpoint(state) or "opt" not in state:
+        if not is_finetune_checkpoint(state) or "opt" not in state or "net" not in state:
             raise CheckpointError(f"{resume} is not a fine-tuning training checkpoint ({LATEST} of a fine-tuning run "
                                   f"folder); to fine-tune a pretrained encoder, pass it as the init instead")
         return state
 
     def _restore(self, state: dict[str, Any], origin: Path) -> None:
-        load_weights(self.model, state["model"], "classifier")
+        load_weights(self.train_net, state["net"], "classifier being trained")
         try:
             self.optimizer.load_state_dict(state["opt"])
         except (ValueError, KeyError) as exc:
@@ -242,21 +246,14 @@ class FineTuner:
     def _head_from_probe(self) -> None:
         """Start the head from a linear probe of the frozen encoder (LP-FT, Kumar et al. 2022): the probe of
         :func:`openjepa.eval.linear_probe` (standardised features, weight decay chosen on the held-out images),
-        with its standardisation folded into the head's weights, so that fine-tuning starts from a working
-        classifier instead of pushing a random head's gradients into the pretrained encoder."""
+        its standardisation in the head's batch norm (or folded into the head), so that fine-tuning starts from a
+        working classifier instead of adapting the pretrained features to a random head."""
         f = self.cfg.finetune
         args = ("mean", f.eval_batch_size, self.rt.device, True)
         train = extract_features(self.model.encoder, self.data.train_eval, *args, desc="head init: train features")
         held = extract_features(self.model.encoder, self.data.holdout, *args, desc="head init: held-out features")
         probe = linear_probe(train, held, seed=self.cfg.train.seed, device=self.rt.device)
-        c = probe.classifier
-        with torch.no_grad():
-            weight = (c.weight / c.std[:, None]).T  # [C_seen, F]
-            bias = c.bias - (c.mean / c.std) @ c.weight
-            head = self.model.head
-            head.bias.fill_(float(bias.min()))  # a class absent from the images trained on: never favoured
-            head.weight[c.classes] = weight.to(head.weight)
-            head.bias[c.classes] = bias.to(head.bias)
+        self.train_net.start_from_probe(probe.classifier)
         self.probe_line = (f"head initialised from a linear probe of the frozen encoder: held-out top-1 "
                            f"{probe.top1:.3f} (wd={probe.weight_decay:.0e})")
         print(self.probe_line, flush=True)
@@ -330,7 +327,7 @@ class FineTuner:
         set_lr(self.optimizer, self.lr_at(self.position.global_step))
         images = images.to(rt.device, non_blocking=True)
         labels = labels.to(rt.device, non_blocking=True)
-        self.model.train()
+        self.train_net.train()
         with self._autocast():
             logits = self.net(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=o.label_smoothing)
@@ -386,9 +383,22 @@ class FineTuner:
             self._save()
             self._draw()
 
+    def _precise_statistics(self) -> None:
+        """The head norm's statistics measured on (at most ``STATISTICS_IMAGES``) training images, evaluation view,
+        with the encoder as it is now."""
+        if self.train_net.norm is None:
+            return
+        images = self.data.train_eval
+        subset = Subset(images, range(min(len(images), STATISTICS_IMAGES)))
+        features = extract_features(self.model.encoder, subset, "mean", self.cfg.finetune.eval_batch_size,
+                                    self.rt.device, progress=False, autocast_dtype=self.rt.autocast_dtype)
+        self.train_net.set_statistics(features.x.to(self.rt.device))
+
     def _select(self, bar) -> None:
         """Score the held-out images; keep the model when it is the best so far (process 0)."""
         if self.rt.is_main:
+            if self.position.global_step > 0:  # at step 0 the statistics are the probe's own
+                self._precise_statistics()
             scores = self.score(self.data.holdout)
             row = {"step": self.position.global_step, "epoch": self.position.epoch,
                    "holdout_top1": scores.top1, "holdout_loss": scores.loss}
@@ -403,18 +413,18 @@ class FineTuner:
                       f" (best {self.best['holdout_top1']:.4f} at epoch {self.best['epoch']})")
         barrier(self.rt)
 
-    def score(self, dataset, model: ViTClassifier | None = None) -> Scores:
-        """:func:`score_classifier` of ``model`` (default: the model being trained) on a dataset."""
-        return score_classifier(model or self.model, dataset, self.cfg.finetune.eval_batch_size, self.rt.device,
+    def score(self, dataset, model: ViTClassifier | FinetuneNet | None = None) -> Scores:
+        """:func:`score_classifier` of ``model`` (default: the network being trained) on a dataset."""
+        return score_classifier(model or self.train_net, dataset, self.cfg.finetune.eval_batch_size, self.rt.device,
                                 self.rt.autocast_dtype)
 
     def _record(self, with_training_state: bool) -> dict[str, Any]:
         self.info.epoch = self.position.epoch
-        record = classifier_record(self.model, self.info)
+        record = classifier_record(self.train_net.folded(), self.info)  # the plain classifier it computes
         record.update(config=self.cfg.to_dict(), epoch=self.position.epoch, step=self.position.global_step,
                       best=self.best)
         if with_training_state:
-            record.update(opt=self.optimizer.state_dict(),
+            record.update(net=self.train_net.state_dict(), opt=self.optimizer.state_dict(),
                           scaler=self.scaler.state_dict() if self.scaler is not None else None,
                           step_in_epoch=self.position.step_in_epoch, rng=_rng_state())
         return record
