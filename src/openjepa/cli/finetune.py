@@ -24,7 +24,7 @@ from .export import report_warnings
 from .lowshot import add_low_shot_arguments, low_shot_from_args
 
 EXAMPLES = """examples:
-  openjepa finetune --init runs/digits                       # the digits recipe, a minute on a CPU
+  openjepa finetune --init runs/digits                       # the digits recipe, a few minutes on a CPU
   openjepa finetune --init runs/fashion_mnist -c fashion_mnist optim.epochs=10
   openjepa finetune --init runs/fashion_mnist --label-fraction 0.01 --draws 3   # the paper's 1 % labels
   openjepa finetune --init path/to/ijepa_vith14_1k --data /data/flowers -c my_recipe.yaml
@@ -34,7 +34,7 @@ EXAMPLES = """examples:
 --init takes an openjepa run folder or checkpoint, a released I-JEPA .pth.tar, an openjepa / Hugging Face / timm
 model folder or a fine-tuned classifier; without it the encoder of the `model` section starts from random
 initialisation. Without -c, the recipe named after the dataset the encoder was pretrained on is used when there is
-one (else the digits recipe), with that dataset. The model is chosen on held-out training images; the test split
+one (else the defaults; without --init, the digits recipe), with that dataset. The model is chosen on held-out training images; the test split
 is scored once at the end (RUN_DIR/final.json). See docs/downstream.md.
 """
 
@@ -86,24 +86,27 @@ def _data_values(args, pretrained: PretrainedEncoder | None, recipe_given: bool)
 
 def build_config(args) -> tuple[FinetuneConfig, PretrainedEncoder | None, Path | None]:
     """The run's config (recipe, then the pretraining run's data, then overrides and flags), the pretrained
-    encoder, and the checkpoint to resume from."""
+    encoder, and the checkpoint to resume from.
+
+    The recipe is ``-c``; resuming a run folder, the run's own ``config.yaml``; else the recipe named after the
+    dataset the encoder was pretrained on (with that dataset) when there is one, the defaults when there is not,
+    and the digits recipe without an encoder."""
     if args.resume is not None and args.config is None:
         folder = Path(args.resume) if isinstance(args.resume, str) else None
         folder = folder if folder is None or folder.is_dir() else folder.parent
         if folder is not None and (folder / "config.yaml").is_file():
             args.config = str(folder / "config.yaml")  # the run's own settings
-    values = load_finetune_values(args.config) if args.config else {}
+    values = load_finetune_values(args.config) if args.config or args.resume is True else {}
     init = args.init or (values.get("finetune") or {}).get("init")
     resume = _resume_file(args, apply_overrides(dict(values), list(args.overrides)))
     pretrained = None
     if init is not None and resume is None:
         pretrained = report_warnings("finetune", lambda: load_pretrained(init, args.which or "target"))
-    if args.config is None:
+    if args.config is None and resume is None:
         dataset = (pretrained.data or {}).get("dataset") if pretrained is not None else None
-        recipe = dataset if dataset in finetune_recipe_names() else None
-        values = load_finetune_values(recipe)
-    data = _data_values(args, pretrained, args.config is not None)
-    values.setdefault("data", {}).update(data)
+        if pretrained is None or dataset in finetune_recipe_names():
+            values = load_finetune_values(dataset if pretrained is not None else None)
+    values.setdefault("data", {}).update(_data_values(args, pretrained, args.config is not None))
     values.setdefault("finetune", {})
     if init is not None:
         values["finetune"]["init"] = str(init)
