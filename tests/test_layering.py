@@ -24,6 +24,7 @@ FLOORS = {
     "eval": 3,
     "viz": 3,  # pictures of datasets, models and run folders: beside eval, below the trainer that draws curves.png
     "train": 4,
+    "finetune": 5,  # runs in the trainer's shell (runtime, signals, progress, run log): above train, beside interop
     "interop": 5,
     "face": 6,
     "cli": 6,

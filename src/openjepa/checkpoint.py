@@ -36,6 +36,9 @@ SHOWN = 4  # mismatched keys listed in an error message
 NORMALISATION_KEY = "normalization"
 OFFICIAL_LICENSE = "CC-BY-NC-4.0"  # the licence of the released I-JEPA weights (and of weights trained from them)
 OPENJEPA_LICENSE = "Apache-2.0"  # the licence of weights trained from scratch with openjepa
+# A fine-tuned classifier's checkpoint (``openjepa finetune``) says what it is, and in which version of its layout.
+CLASSIFIER_KIND = "openjepa-finetune"
+CLASSIFIER_FORMAT_VERSION = 1
 
 
 def add_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = DDP_PREFIX) -> dict[str, torch.Tensor]:
@@ -55,6 +58,11 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = DDP_PREFI
 def is_official_checkpoint(state: Mapping[str, Any]) -> bool:
     """True for a released checkpoint, False for one written by openjepa (which always records its ``config``)."""
     return "config" not in state and "openjepa_version" not in state
+
+
+def is_classifier_checkpoint(state: Mapping[str, Any]) -> bool:
+    """True for a fine-tuned classifier's checkpoint (written by ``openjepa finetune``)."""
+    return state.get("kind") == CLASSIFIER_KIND
 
 
 # -- writing --------------------------------------------------------------------------------------------------------
@@ -169,14 +177,22 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
         raise CheckpointError(f"could not read {path}: it is truncated or not a safetensors file ({exc})") from exc
 
 
-def read_checkpoint(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    """An I-JEPA checkpoint dict (a file, a run folder's latest, or a dict already loaded) and a name for it in
-    messages; a file of another model is refused here."""
+def read_checkpoint(source: str | os.PathLike | Mapping[str, Any],
+                    classifiers: bool = False) -> tuple[dict[str, Any], str]:
+    """An I-JEPA checkpoint dict (a file, a run folder's trained model, or a dict already loaded) and a name for it
+    in messages; a file of another model is refused here, and so is a fine-tuned classifier's unless
+    ``classifiers`` (a reader of its encoder)."""
     if isinstance(source, Mapping):
         state, origin = dict(source), "the checkpoint"
     else:
         path = checkpoint_in(source)
         state, origin = load_checkpoint(path), str(path)
+    if is_classifier_checkpoint(state):
+        if classifiers:
+            return state, origin
+        raise CheckpointError(f"{origin} holds a fine-tuned classifier (openjepa finetune), not an I-JEPA model: "
+                              f"its encoder alone is there (no predictor, one encoder). `openjepa predict`, "
+                              f"`openjepa export`, `openjepa eval` and `openjepa embed` read it")
     if not any(isinstance(state.get(k), Mapping) for k in ("encoder", "target_encoder")):
         found = ", ".join(map(str, list(state)[:8])) or "nothing"
         raise CheckpointError(

@@ -26,18 +26,13 @@ from .masks import MaskConfig
 DEFAULT_RECIPE = "digits"
 
 __all__ = [  # ConfigError is defined in openjepa.errors and re-exported here, where it has always been importable
-    "DEFAULT_RECIPE", "ConfigError", "RunConfig", "apply_overrides", "from_dict", "load_config", "recipe_names",
+    "DEFAULT_RECIPE", "ConfigError", "RunConfig", "Sections", "apply_overrides", "build_section", "from_dict",
+    "load_config", "read_recipe", "recipe_names",
 ]
 
 
-@dataclass
-class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    mask: MaskConfig = field(default_factory=MaskConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+class Sections:
+    """A config made of dataclass sections (:class:`RunConfig`, the fine-tuning config): as a plain dict and YAML."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists): what goes to YAML and into checkpoints."""
@@ -45,6 +40,16 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+@dataclass
+class RunConfig(Sections):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -127,7 +132,9 @@ def _unknown_key(key: str, valid: list[str]) -> ConfigError:
     return ConfigError(f"unknown key '{key}' in {where}{hint} (valid keys: {', '.join(valid)})")
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+def build_section(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """The dataclass ``cls`` from a nested dict, every key and value checked (``prefix``: where it sits, for
+    messages); nested dataclass fields are built the same way."""
     if not isinstance(values, dict):
         raise ConfigError(f"'{prefix}' must be a mapping of keys to values, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -138,7 +145,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
             raise _unknown_key(f"{prefix}.{key}" if prefix else str(key), list(fields))
         full = f"{prefix}.{key}" if prefix else key
         if dataclasses.is_dataclass(hints[key]):
-            kwargs[key] = _build(hints[key], value or {}, full)
+            kwargs[key] = build_section(hints[key], value or {}, full)
         else:
             kwargs[key] = _coerce(value, hints[key], full)
     try:
@@ -151,26 +158,32 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
 
 def from_dict(values: dict[str, Any]) -> RunConfig:
     """Validate a nested dict (e.g. parsed YAML) into a :class:`RunConfig`; missing keys take defaults."""
-    return _build(RunConfig, values or {}, "")
+    return build_section(RunConfig, values or {})
 
 
 # -- files and overrides ------------------------------------------------------------------------------------------
-def recipe_names() -> list[str]:
-    """Names of the recipes shipped with openjepa (the YAML files of ``configs/``)."""
+def _recipes(folder: str | None):
     root = importlib.resources.files("openjepa.recipes")
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    return root / folder if folder else root
 
 
-def _read_yaml(source: str | Path) -> dict[str, Any]:
+def recipe_names(folder: str | None = None) -> list[str]:
+    """Names of the recipes shipped with openjepa: the YAML files of ``configs/`` (pretraining), or of
+    ``configs/FOLDER`` (``finetune``: the fine-tuning recipes)."""
+    return sorted(p.name[:-5] for p in _recipes(folder).iterdir() if p.name.endswith(".yaml"))
+
+
+def read_recipe(source: str | Path, folder: str | None = None) -> dict[str, Any]:
+    """The raw values of a YAML file, or of the shipped recipe of that name (in ``configs/FOLDER`` when given)."""
     path = Path(source)
     if not path.suffix and not path.exists():
-        candidate = importlib.resources.files("openjepa.recipes") / f"{source}.yaml"
+        candidate = _recipes(folder) / f"{source}.yaml"
         if not candidate.is_file():
-            close = difflib.get_close_matches(str(source), recipe_names(), n=3)
+            names = recipe_names(folder)
+            close = difflib.get_close_matches(str(source), names, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"no config file or recipe named {source!r}{hint} (recipes: {', '.join(recipe_names())})"
-            )
+            kind = f"{folder} recipe" if folder else "recipe"
+            raise ConfigError(f"no config file or {kind} named {source!r}{hint} (recipes: {', '.join(names)})")
         text = candidate.read_text()
     elif not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -209,5 +222,5 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a recipe (name or path; default: the embedded digits recipe), apply overrides, validate."""
-    values = _read_yaml(source or DEFAULT_RECIPE)
+    values = read_recipe(source or DEFAULT_RECIPE)
     return from_dict(apply_overrides(values, list(overrides or [])))

@@ -1,12 +1,15 @@
 """Trained models from a run folder or a checkpoint file: the one loader behind ``eval``, ``embed``, ``export``,
-``convert`` and ``viz``.
+``convert``, ``viz``, ``finetune --init`` and ``predict``.
 
 An openjepa checkpoint records its run config, from which the architecture is rebuilt; a released I-JEPA
 ``.pth.tar`` records none, so its architecture is read off the weights' shapes (:mod:`openjepa.arch_from_weights`).
-Models are built without random initialisation where possible and loaded strictly.
+A fine-tuned classifier's checkpoint (``openjepa finetune``) records the classifier's architecture and class names;
+its encoder is read like any other (:func:`read_encoder`), the whole classifier by :func:`read_classifier`. Models
+are built without random initialisation where possible and loaded strictly.
 
 >>> encoder = load_encoder("runs/digits")  # a run's latest checkpoint, target encoder  # doctest: +SKIP
 >>> trained = load_trained("IN1K-vit.h.14-300e.pth.tar")  # a released file: the whole model  # doctest: +SKIP
+>>> classifier, info = read_classifier("runs/digits-finetune")  # its chosen classifier  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,15 +25,26 @@ import torch
 from torch import nn
 
 from .arch_from_weights import encoder_arch, model_config_from_weights
-from .checkpoint import load_strict, read_checkpoint, strip_prefix
+from .checkpoint import (
+    CLASSIFIER_FORMAT_VERSION,
+    is_classifier_checkpoint,
+    load_strict,
+    read_checkpoint,
+    strip_prefix,
+)
+from .checkpoint_writer import load_checkpoint_mmap
 from .config import RunConfig, from_dict
 from .errors import CheckpointError, ConfigError, UserError
 from .ijepa import IJEPA, ModelConfig, build_ijepa
+from .models.classifier import ViTClassifier
 from .models.pos_embed import GridSize, resample_pos_embed
 from .models.vit import VisionTransformer
+from .run_folder import FINETUNE_BEST, checkpoint_in
 
 ENCODERS = {"target": "target_encoder", "context": "encoder"}  # which encoder -> its checkpoint entry
 NETWORKS = ("encoder", "predictor", "target_encoder")
+TENSOR_ENTRIES = (*NETWORKS, "opt", "scaler", "rng", "model", "net")  # weights and optimizer state, not metadata
+SHARED_SECTIONS = ("model", "data", "train")  # the sections of a fine-tuning config that a pretraining one has too
 ENCODER_ONLY_HINT = ("its encoders alone load with openjepa.interop.load_official_encoder (or export them with "
                      "`openjepa export --checkpoint FILE`)")
 CheckpointLike = str | os.PathLike | Mapping[str, Any]
@@ -130,7 +144,7 @@ def config_and_weights(state: Mapping[str, Any], origin: str, img_size: int | No
 
 def metadata(state: Mapping[str, Any]) -> dict[str, Any]:
     """Everything a checkpoint records besides the networks' and optimizer's tensors (config, epoch, licence...)."""
-    return {k: v for k, v in state.items() if k not in (*NETWORKS, "opt", "scaler", "rng")}
+    return {k: v for k, v in state.items() if k not in TENSOR_ENTRIES}
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -175,6 +189,40 @@ def encoder_from_state(state: Mapping[str, Any], origin: str, which: str = "targ
     return encoder.eval()
 
 
+@dataclass
+class ClassifierInfo:
+    """What a fine-tuned classifier needs besides its weights: class names (column ``j`` of the logits is
+    ``classes[j]``), the input normalisation, and the provenance of the weights."""
+
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    license: str | None = None
+    source: str = "openjepa"
+    init: str | None = None  # the pretrained encoder it started from (None: random initialisation)
+    dataset: str | None = None
+    epoch: int | None = None  # epochs completed when these weights were saved
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def classifier_from_state(state: Mapping[str, Any], origin: str) -> tuple[ViTClassifier, ClassifierInfo]:
+    """The classifier (eval mode, CPU) and its info from a fine-tuned classifier's checkpoint dict."""
+    if not is_classifier_checkpoint(state):
+        raise CheckpointError(f"{origin} is not a fine-tuned classifier (written by `openjepa finetune`); for an "
+                              f"I-JEPA checkpoint use `openjepa eval` or `openjepa export`")
+    if int(state.get("format_version", 0)) > CLASSIFIER_FORMAT_VERSION:
+        raise CheckpointError(f"{origin} was written by a newer openjepa; upgrade openjepa to read it")
+    try:
+        model = build_for_loading(lambda: ViTClassifier.from_arch(state["arch"]))
+        info = ClassifierInfo(**state["info"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{origin} describes an invalid classifier: {exc}") from exc
+    load_strict(model, state["model"], "classifier", origin, assign=True)
+    return model.eval(), info
+
+
 # -- from a run folder or a checkpoint file --------------------------------------------------------------------------
 @dataclass
 class LoadedEncoder:
@@ -187,15 +235,19 @@ class LoadedEncoder:
     epoch: int | None
     step: int | None
     metadata: dict[str, Any]  # the checkpoint's other entries (licence, normalisation...): see :func:`metadata`
+    classifier: ClassifierInfo | None = None  # a fine-tuned classifier's file: its info (the encoder is its own)
 
 
 def read_encoder(path: CheckpointLike, which: str = "target", img_size: int | None = None,
                  num_heads: int | None = None) -> LoadedEncoder:
     """The ``target`` (EMA; what the paper evaluates) or ``context`` encoder of a checkpoint file or run folder,
-    in eval mode on the CPU. Weights load strictly; any mismatch is a :class:`CheckpointError` naming the keys."""
+    in eval mode on the CPU; of a fine-tuned classifier, its one encoder. Weights load strictly; any mismatch is a
+    :class:`CheckpointError` naming the keys."""
     if which not in ENCODERS:
         raise UserError(f"which encoder: choose 'target' or 'context', not {which!r}")
-    state, origin = read_checkpoint(path)
+    state, origin = read_checkpoint(path, classifiers=True)
+    if is_classifier_checkpoint(state):
+        return _classifier_encoder(state, origin, which, img_size)
     recorded = state.get("config")
     return LoadedEncoder(
         encoder=encoder_from_state(state, origin, which, img_size, num_heads),
@@ -206,6 +258,53 @@ def read_encoder(path: CheckpointLike, which: str = "target", img_size: int | No
         step=_int_or_none(state.get("step")),
         metadata=metadata(state),
     )
+
+
+def _classifier_encoder(state: Mapping[str, Any], origin: str, which: str, img_size: int | None) -> LoadedEncoder:
+    if which != "target":
+        raise UserError(f"{origin} is a fine-tuned classifier: it has one encoder, not a target and a context one")
+    classifier, info = classifier_from_state(state, origin)
+    encoder = classifier.encoder if img_size is None else encoder_at(classifier.encoder, img_size)
+    recorded = state.get("config")
+    shared = {k: v for k, v in recorded.items() if k in SHARED_SECTIONS} if isinstance(recorded, Mapping) else None
+    return LoadedEncoder(encoder, which, Path(origin), shared, _int_or_none(state.get("epoch")),
+                         _int_or_none(state.get("step")), metadata(state), info)
+
+
+def read_classifier(path: str | os.PathLike) -> tuple[ViTClassifier, ClassifierInfo]:
+    """The fine-tuned classifier of a fine-tuning run folder (its chosen classifier, ``finetune-best.pth.tar``) or
+    of a fine-tuning checkpoint file, in eval mode on the CPU, with its class names and normalisation.
+
+    >>> model, info = read_classifier("runs/digits-finetune")       # doctest: +SKIP
+    >>> info.classes[model(images).argmax(1)[0]]                      # doctest: +SKIP
+    """
+    state, origin = read_checkpoint(checkpoint_in(path, (FINETUNE_BEST,)), classifiers=True)
+    return classifier_from_state(state, origin)
+
+
+def is_classifier_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` (a run folder or a checkpoint file) holds a fine-tuned classifier. The file is memory-mapped,
+    not read: the question is cheap even for a large checkpoint of another kind; an unreadable one is not."""
+    try:
+        return is_classifier_checkpoint(load_checkpoint_mmap(checkpoint_in(path)))
+    except CheckpointError:
+        return False
+
+
+@dataclass
+class PretrainedEncoder:
+    """An encoder to build on downstream (``openjepa finetune``) and what is known about it: the input
+    normalisation it was trained with (None: unknown), the licence of its weights, where they come from, the path
+    it was read from, and the data settings of its pretraining (an openjepa run records them).
+    :func:`openjepa.interop.load_pretrained` reads one from any source."""
+
+    encoder: VisionTransformer
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    license: str | None = None
+    source: str = "openjepa"
+    origin: str = ""
+    data: dict[str, Any] | None = None
 
 
 def load_encoder(path: CheckpointLike, which: str = "target") -> VisionTransformer:

@@ -1,5 +1,6 @@
-"""``openjepa eval linear|knn``: linear-probe or k-NN accuracy of a checkpoint's frozen encoder (or of features
-saved by ``openjepa embed``), printed as one line and written as JSON."""
+"""``openjepa eval linear|knn|attentive``: linear-probe, k-NN (or, in ``attentive.py``, attentive-probe) accuracy
+of a checkpoint's frozen encoder (or of features saved by ``openjepa embed``), on all or a few of the training
+labels, printed as one line and written as JSON."""
 
 from __future__ import annotations
 
@@ -14,14 +15,18 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..eval.features import load_features, resolve_device
 from ..eval.knn import knn_classify
+from ..eval.lowshot import low_shot_knn, low_shot_linear
 from ..eval.probe import linear_probe
+from .attentive import add_method as add_attentive_method
 from .encoder_args import add_encoder_arguments, features_for_split, load_for_args
+from .lowshot import add_low_shot_arguments, low_shot_from_args, tagged
 
 EXAMPLES = """examples:
   openjepa eval linear --checkpoint runs/fashion_mnist                # target encoder, train -> test split
   openjepa eval knn --checkpoint runs/fashion_mnist --k 20 --temperature 0.07
   openjepa eval linear --checkpoint runs/cifar10/jepa-ep100.pth.tar --pool concat4 --out probe.json
   openjepa eval knn --features-train feats_train.npz --features-test feats_test.npz
+  openjepa eval linear --checkpoint runs/fashion_mnist --label-fraction 0.01 --draws 3   # the paper's 1 %
 
 The probe is fit on the train split and scored on the test split; its weight decay is chosen on a held-out part
 of the train split only (see docs/evaluation.md). The JSON goes next to the checkpoint (or to the training
@@ -31,7 +36,7 @@ features) unless --out says where.
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="linear-probe or k-NN accuracy of a frozen encoder",
+        "eval", help="linear-probe, k-NN or attentive-probe accuracy of a frozen encoder",
         description="Evaluate a frozen encoder: a linear probe or weighted k-NN, trained on the train split and "
                     "scored on the test split.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -53,6 +58,7 @@ def add_parser(subparsers) -> None:
     knn.add_argument("--temperature", type=float, default=None,
                      help="vote weight exp(similarity / T) (default: eval.knn_temperature, 0.07)")
     knn.set_defaults(func=run)
+    add_attentive_method(methods)
     for sub in methods.choices.values():  # --debug is accepted after the method's name too
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
@@ -64,6 +70,7 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
                         "--checkpoint")
     p.add_argument("--features-test", metavar="FILE", default=None, help="precomputed test features")
     p.add_argument("--out", default=None, help="JSON result file (default: next to the checkpoint or features)")
+    add_low_shot_arguments(p)
 
 
 # -- inputs -----------------------------------------------------------------------------------------------------------
@@ -106,11 +113,14 @@ def _evaluate(args: argparse.Namespace, train, test, cfg, device):
                             f"evaluate on a labelled dataset (a folder with one sub-folder per class)")
     if len(torch.unique(train.y)) < 2:
         raise UserError("the training features hold a single class; a classifier needs at least two")
+    spec = low_shot_from_args(args, cfg.seed)
     if args.method == "knn":
         k = args.k if args.k is not None else cfg.knn_k
         temperature = args.temperature if args.temperature is not None else cfg.knn_temperature
         if k < 1 or temperature <= 0:
             raise UserError("--k must be >= 1 and --temperature > 0")
+        if spec is not None:
+            return low_shot_knn(train, test, spec, True, k=k, temperature=temperature, device=device)
         return knn_classify(train, test, k, temperature, device)
     holdout = args.holdout if args.holdout is not None else cfg.probe_holdout
     if not 0 < holdout < 1:
@@ -119,11 +129,15 @@ def _evaluate(args: argparse.Namespace, train, test, cfg, device):
     if min(decays) < 0:
         raise UserError("--weight-decays must be >= 0")
     seed = args.seed if args.seed is not None else cfg.seed
+    if spec is not None:
+        return low_shot_linear(train, test, spec, True, weight_decays=decays, holdout=holdout, seed=seed,
+                               max_iter=cfg.probe_max_iter, device=device)
     return linear_probe(train, test, decays, holdout, seed, cfg.probe_max_iter, device, progress=True)
 
 
 def run(args) -> int:
     started = time.perf_counter()
+    low_shot_from_args(args)  # wrong low-shot flags fail before any feature is extracted
     train, test, cfg, device, context, default_out = _inputs(args)
     if train.dim != test.dim:
         raise UserError(f"the training features have {train.dim} dimensions but the test features {test.dim}; "
@@ -133,7 +147,7 @@ def run(args) -> int:
     print(line)
     record = {**result.to_dict(), "line": line, "train": train.meta, "test": test.meta,
               "seconds": round(time.perf_counter() - started, 2)}
-    out = Path(args.out) if args.out else default_out
+    out = Path(args.out) if args.out else tagged(default_out, low_shot_from_args(args, cfg.seed))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"result written to {out}")

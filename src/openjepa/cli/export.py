@@ -1,14 +1,17 @@
-"""``openjepa export``: one encoder of a checkpoint as an openjepa, Hugging Face or timm model folder."""
+"""``openjepa export``: one encoder of a checkpoint as an openjepa, Hugging Face or timm model folder; a fine-tuned
+classifier as Hugging Face ``IJepaForImageClassification`` or timm's ViT with its head."""
 
 from __future__ import annotations
 
 import argparse
 
+from ..errors import UserError
+from ..interop.classifier import classifier_export_info, export_hf_classifier, export_timm_classifier
 from ..interop.hf import export_hf
 from ..interop.native import export_openjepa
 from ..interop.provenance import info_from_checkpoint
 from ..interop.timm import export_timm
-from ..pretrained import read_encoder
+from ..pretrained import is_classifier_file, read_classifier, read_encoder
 from .encoder_args import CHECKPOINT_HELP
 from .output import report_warnings
 
@@ -18,9 +21,10 @@ EXAMPLES = """examples:
   openjepa export --checkpoint runs/digits --which context --out exported/context
 
 The checkpoint is an openjepa training checkpoint, a run folder (its latest checkpoint) or a released I-JEPA
-.pth.tar. The target (EMA) encoder is
-exported unless --which context. Folders: openjepa -> model.safetensors + config.json (load_exported);
-hf -> transformers.IJepaModel.from_pretrained(DIR); timm -> see DIR/README.md.
+.pth.tar. The target (EMA) encoder is exported unless --which context. Folders: openjepa -> model.safetensors +
+config.json (load_exported); hf -> transformers.IJepaModel.from_pretrained(DIR); timm -> see DIR/README.md.
+A fine-tuning run folder or checkpoint (openjepa finetune) exports its classifier: hf ->
+IJepaForImageClassification, timm -> ViT with its head, openjepa -> its encoder alone.
 """
 
 
@@ -32,7 +36,8 @@ def add_parser(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--checkpoint", required=True,
+                   help=f"{CHECKPOINT_HELP}, or a fine-tuning run folder / checkpoint (its classifier)")
     p.add_argument("--format", choices=("openjepa", "hf", "timm"), default="openjepa", help="default: openjepa")
     p.add_argument("--which", choices=("target", "context"), default="target",
                    help="the EMA target encoder (default, what the paper evaluates) or the context encoder")
@@ -48,6 +53,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    if is_classifier_file(args.checkpoint):  # a fine-tuned classifier: transformers / timm with its head
+        return export_classifier(args)
+
     def export():
         loaded = read_encoder(args.checkpoint, args.which, args.img_size)
         encoder = loaded.encoder
@@ -65,4 +73,24 @@ def run(args) -> int:
     print(f"exported the {args.which} encoder (width {arch['embed_dim']}, depth {arch['depth']}, patch "
           f"{arch['patch_size']}, {arch['img_size'][0]}x{arch['img_size'][1]} images) to {out} in {args.format} "
           f"format; licence {info.license}")
+    return 0
+
+
+def export_classifier(args) -> int:
+    """``openjepa export`` of a fine-tuned classifier."""
+    if args.which != "target" or args.img_size is not None or args.mean is not None or args.std is not None:
+        raise UserError("--which, --img-size, --mean and --std do not apply to a fine-tuned classifier: it has one "
+                        "encoder, trained at its size, with the normalisation it records")
+    model, info = read_classifier(args.checkpoint)
+    if args.format == "hf":
+        out = export_hf_classifier((model, info), args.out, layout=args.hf_layout)
+        what = "IJepaForImageClassification"
+    elif args.format == "timm":
+        out = export_timm_classifier((model, info), args.out)
+        what = "timm ViT with its head"
+    else:
+        out = export_openjepa(model.encoder, args.out, "target", classifier_export_info(info))
+        what = "encoder (openjepa format; the head is not part of it)"
+    print(f"exported the fine-tuned classifier ({model.num_classes} classes: {', '.join(info.classes[:5])}"
+          f"{' ...' if len(info.classes) > 5 else ''}) as {what} to {out}; licence {info.license}")
     return 0

@@ -15,7 +15,8 @@ from ..version import __version__
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 # Modules of openjepa.cli that each register one subcommand through add_parser(subparsers).
-COMMANDS = ("pretrain", "check_data", "make_shards", "viz", "export", "convert", "embed", "eval")
+COMMANDS = ("pretrain", "check_data", "make_shards", "viz", "export", "convert", "embed", "eval", "finetune",
+            "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:

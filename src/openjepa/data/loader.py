@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def _patch_grid(model_cfg: ModelConfig) -> tuple[int, int]:
     return height // p, width // p
 
 
-def _wants_pinned(data_cfg: DataConfig, device: str | torch.device | None) -> bool:
+def wants_pinned(data_cfg: DataConfig, device: str | torch.device | None) -> bool:
     if not data_cfg.pin_memory or not torch.cuda.is_available():
         return False
     return device is None or torch.device(device).type == "cuda"
@@ -125,23 +126,32 @@ def build_pretrain_loader(data_cfg: DataConfig, model_cfg: ModelConfig, mask_cfg
     mean, std = normalisation(data_cfg, source, channels)
     transform = TrainTransform(model_cfg.img_size, channels, mean, std, data_cfg.crop_scale, data_cfg.crop_ratio,
                                data_cfg.hflip)
-    tracker = BadFileTracker(bad_file_dir, rank, _folder_of(source))
+    tracker = BadFileTracker(bad_file_dir, rank, folder_of(source))
     dataset = PretrainDataset(source, transform, seed, tracker)
     collate = MaskCollator(build_mask_sampler(grid, mask_cfg), seed)
     workers = data_cfg.num_workers if data_cfg.num_workers is not None else auto_num_workers(source, world_size)
     if data_cfg.dataset == "shards":
         return _shard_loader(dataset, data_cfg, collate, workers, world_size, rank, seed,
-                             _wants_pinned(data_cfg, device), mean, std)
-    sampler = KeyedBatchSampler(len(source), data_cfg.batch_size, world_size, rank, seed)
+                             wants_pinned(data_cfg, device), mean, std)
+    loader, sampler = keyed_loader(dataset, data_cfg.batch_size, world_size, rank, seed, collate, workers,
+                                   wants_pinned(data_cfg, device))
+    return PretrainData(loader, sampler, dataset, len(sampler), tracker, mean, std, workers)
+
+
+def keyed_loader(dataset: PretrainDataset, batch_size: int, world_size: int, rank: int, seed: int,
+                 collate: Callable, workers: int, pin_memory: bool) -> tuple[DataLoader, KeyedBatchSampler]:
+    """The loader of one rank's keyed batches of ``dataset`` (pretraining's and fine-tuning's), and its sampler:
+    each sample's view depends only on ``(seed, epoch, index)`` and the batch order only on ``(seed, epoch)``."""
+    sampler = KeyedBatchSampler(len(dataset), batch_size, world_size, rank, seed)
     loader = DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
         persistent_workers=workers > 0,  # safe: epoch and step travel inside the keys, not in worker state
-        pin_memory=_wants_pinned(data_cfg, device),
+        pin_memory=pin_memory,
         # Worker seeds are drawn from this generator instead of torch's global one, so creating the loader's
         # iterator leaves the training loop's random stream untouched (resumed runs stay identical).
         generator=torch.Generator().manual_seed(seed),
     )
-    return PretrainData(loader, sampler, dataset, len(sampler), tracker, mean, std, workers)
+    return loader, sampler
 
 
 def build_eval_dataset(data_cfg: DataConfig, model_cfg: ModelConfig, split: str,
@@ -155,10 +165,11 @@ def build_eval_dataset(data_cfg: DataConfig, model_cfg: ModelConfig, split: str,
     source = build_source(data_cfg, split)
     mean, std = normalisation(data_cfg, source, channels)
     transform = EvalTransform(model_cfg.img_size, channels, mean, std, data_cfg.eval_crop)
-    return EvalDataset(source, transform, BadFileTracker(bad_file_dir, folder=_folder_of(source)))
+    return EvalDataset(source, transform, BadFileTracker(bad_file_dir, folder=folder_of(source)))
 
 
-def _folder_of(source: ImageSource) -> Path | None:
+def folder_of(source: ImageSource) -> Path | None:
+    """The image folder a source reads (through any subsets), where it has one."""
     while isinstance(source, SubsetSource):
         source = source.source
     return getattr(source, "root", None)

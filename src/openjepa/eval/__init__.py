@@ -13,10 +13,11 @@ from .baseline import random_init_like
 from .collapse import check_collapse, collapse_warning, feature_std, rankme
 from .features import Features, extract_features, load_features, pool_features, resolve_device, save_features
 from .knn import KnnResult, knn_classify
+from .lowshot import LowShot, LowShotResult, low_shot_knn, low_shot_linear, over_draws
 from .online_monitor import OnlineMonitor
 from .probe import LinearClassifier, ProbeResult, linear_probe
 from .report import FinalReport, final_report
-from .subsets import stratified_split, stratified_subset
+from .subsets import low_shot_subset, stratified_split, stratified_subset
 
 __all__ = [
     "EvalConfig",
@@ -25,6 +26,8 @@ __all__ = [
     "KnnResult",
     "LinearClassifier",
     "LoadedEncoder",
+    "LowShot",
+    "LowShotResult",
     "OnlineMonitor",
     "ProbeResult",
     "check_collapse",
@@ -36,6 +39,10 @@ __all__ = [
     "linear_probe",
     "load_encoder",
     "load_features",
+    "low_shot_knn",
+    "low_shot_linear",
+    "low_shot_subset",
+    "over_draws",
     "pool_features",
     "random_init_like",
     "rankme",

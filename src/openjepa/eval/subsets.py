@@ -1,4 +1,5 @@
-"""Seeded, stratified choices of samples: held-out splits for the probe and fixed subsets for the monitor.
+"""Seeded, stratified choices of samples: held-out splits for the probe, fixed subsets for the monitor, and the
+labelled subsets of low-shot evaluation (N labels per class, or a fraction of every class).
 
 Everything here draws from its own ``torch.Generator``, never from the global one, so evaluating during
 training does not change the training run.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
+
+from ..errors import UserError
 
 
 def class_quotas(counts: torch.Tensor, size: int) -> torch.Tensor:
@@ -34,13 +37,19 @@ def stratified_subset(labels: torch.Tensor | None, n: int, size: int | None, see
     if len(labels) != n:
         raise ValueError(f"{len(labels)} labels for {n} samples")
     _, y = torch.unique(labels[perm], return_inverse=True)
-    by_class = torch.argsort(y, stable=True)  # classes in turn, each in the random order of perm
     counts = torch.bincount(y)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty(n, dtype=torch.long)
-    rank[by_class] = torch.arange(n) - starts[y[by_class]]
-    keep = rank < class_quotas(counts, size)[y]
+    keep = _rank_in_class(y, counts) < class_quotas(counts, size)[y]
     return perm[keep].sort().values
+
+
+def _rank_in_class(y: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """For class ids ``y`` (``0..C-1``, in some random order), the position of each sample among the samples of
+    its class in that order: keeping ``rank < quota[y]`` keeps the first ``quota[c]`` members of every class."""
+    by_class = torch.argsort(y, stable=True)  # classes in turn, each in the given order
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty(len(y), dtype=torch.long)
+    rank[by_class] = torch.arange(len(y)) - starts[y[by_class]]
+    return rank
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +63,45 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tu
     mask = torch.ones(n, dtype=torch.bool)
     mask[held] = False
     return mask.nonzero().squeeze(1), held
+
+
+def low_shot_quotas(counts: torch.Tensor, labels_per_class: int | None = None,
+                    fraction: float | None = None) -> torch.Tensor:
+    """Labelled samples to keep of each class of sizes ``counts``: ``labels_per_class`` of every class, or
+    ``max(1, round(fraction * count))`` of each, halves rounded up (every class keeps at least one labelled
+    sample)."""
+    if (labels_per_class is None) == (fraction is None):
+        raise ValueError("give either labels_per_class or fraction")
+    counts = torch.as_tensor(counts).long()
+    if labels_per_class is not None:
+        return torch.full_like(counts, int(labels_per_class))
+    return (counts.double() * fraction + 0.5).floor().long().clamp(min=1)  # halves round up
+
+
+def low_shot_subset(labels: torch.Tensor, labels_per_class: int | None = None, fraction: float | None = None,
+                    seed: int = 0) -> torch.Tensor:
+    """Sorted indices of a stratified random subset of a labelled training set: exactly ``labels_per_class``
+    samples of every class, or ``max(1, round(fraction * n_c))`` of each class ``c`` of ``n_c`` samples. The
+    members of each class are drawn with ``seed`` (its own generator): the same seed gives the same subset,
+    another seed another one. Raises :class:`UserError` when a class has fewer samples than asked for, or when
+    some samples are unlabelled (label < 0)."""
+    labels = torch.as_tensor(labels).long().cpu().reshape(-1)
+    if len(labels) == 0:
+        raise UserError("cannot draw labelled samples from an empty training set")
+    if bool((labels < 0).any()):
+        raise UserError(f"{int((labels < 0).sum())} training samples have no label; a low-shot subset needs a "
+                        f"labelled training set (a folder with one sub-folder per class)")
+    classes, y = torch.unique(labels, return_inverse=True)
+    counts = torch.bincount(y, minlength=len(classes))
+    quotas = low_shot_quotas(counts, labels_per_class, fraction)
+    short = (quotas > counts).nonzero().squeeze(1).tolist()
+    if short:
+        listed = ", ".join(f"class {classes[c].item()} has {counts[c].item()}" for c in short[:5])
+        raise UserError(f"{labels_per_class} labels per class asked for, but {listed}"
+                        f"{' ...' if len(short) > 5 else ''}; ask for fewer, or use a label fraction instead")
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    keep = _rank_in_class(y[perm], counts) < quotas[y[perm]]
+    return perm[keep].sort().values
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor | None:

@@ -51,6 +51,6 @@ def resolve_encoder(
     return encoder, info
 
 
-def float32_state(encoder: VisionTransformer) -> dict[str, torch.Tensor]:
-    """The encoder's weights as float32 CPU tensors."""
-    return {k: v.detach().float().cpu() for k, v in encoder.state_dict().items()}
+def float32_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a module (an encoder, a classifier's head) as float32 CPU tensors."""
+    return {k: v.detach().float().cpu() for k, v in module.state_dict().items()}

@@ -267,19 +267,31 @@ def arch_from_hf_config(config: Mapping[str, Any], origin: str) -> dict[str, Any
     }
 
 
-def load_hf(path: str | os.PathLike) -> VisionTransformer:
-    """Our encoder from a transformers ``IJepaModel`` folder (``config.json`` + weights, either key layout), in
-    eval mode. Its outputs equal ``IJepaModel(...).last_hidden_state``."""
+def read_hf_folder(path: str | os.PathLike) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
+    """A transformers folder's path, the ``VisionTransformer`` arguments of its encoder (from ``config.json``) and
+    its weights as stored (any task model's: ``IJepaModel``, ``IJepaForImageClassification``)."""
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a folder: pass the folder holding config.json and the weights")
     arch = arch_from_hf_config(read_json(directory / "config.json", "a transformers model"), str(directory))
+    return directory, arch, read_hf_weights(directory)
+
+
+def load_hf(path: str | os.PathLike) -> VisionTransformer:
+    """Our encoder from a transformers ``IJepaModel`` folder (``config.json`` + weights, either key layout), in
+    eval mode. Its outputs equal ``IJepaModel(...).last_hidden_state``."""
+    directory, arch, weights = read_hf_folder(path)
+    encoder = build_for_loading(lambda: encoder_for(arch, directory))
+    load_strict(encoder, from_hf_state_dict(weights), "encoder", str(directory), assign=True)
+    return encoder.eval()
+
+
+def encoder_for(arch: Mapping[str, Any], directory: Path) -> VisionTransformer:
+    """The encoder a model folder's ``config.json`` describes, or a :class:`CheckpointError` saying it is invalid."""
     try:
-        encoder = build_for_loading(lambda: VisionTransformer(**arch))
+        return VisionTransformer(**arch)
     except ValueError as exc:
         raise CheckpointError(f"{directory / 'config.json'} describes an invalid model: {exc}") from exc
-    load_strict(encoder, from_hf_state_dict(read_hf_weights(directory)), "encoder", str(directory), assign=True)
-    return encoder.eval()
 
 
 def read_hf_info(path: str | os.PathLike) -> ExportInfo:

@@ -116,12 +116,16 @@ def check_stats(mean: Sequence[float] | None, std: Sequence[float] | None, chann
                         f"{list(mean)} and {list(std)}")
 
 
-def model_card(info: ExportInfo, library: str, usage: str) -> str:
-    """A README.md whose metadata header states the licence (the hub shows it; tools read it)."""
+def model_card(info: ExportInfo, library: str, usage: str, title: str | None = None, about: str | None = None,
+               tags: Sequence[str] = ()) -> str:
+    """A README.md whose metadata header states the licence (the hub shows it; tools read it). ``title`` and
+    ``about`` (default: an exported encoder's) and extra ``tags`` describe other models (a fine-tuned classifier)."""
     license_line = f"license: {info.license.lower()}\n" if info.license else ""
+    tag_lines = "".join(f"- {tag}\n" for tag in ("i-jepa", "openjepa", *tags))
+    title = title or f"I-JEPA {info.which} encoder"
+    about = about or (f"Exported by openjepa from {info.source} weights"
+                      f"{' trained on ' + info.dataset if info.dataset else ''}.")
     return (
-        f"---\n{license_line}library_name: {library}\ntags:\n- i-jepa\n- openjepa\n---\n\n"
-        f"# I-JEPA {info.which} encoder\n\nExported by openjepa from {info.source} weights"
-        f"{' trained on ' + info.dataset if info.dataset else ''}. Licence: {info.license or 'unknown'}.\n\n"
-        f"```python\n{usage}\n```\n"
+        f"---\n{license_line}library_name: {library}\ntags:\n{tag_lines}---\n\n# {title}\n\n{about} "
+        f"Licence: {info.license or 'unknown'}.\n\n```python\n{usage}\n```\n"
     )

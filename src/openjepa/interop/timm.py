@@ -166,9 +166,9 @@ def export_timm(
     return out
 
 
-def load_timm(path: str | os.PathLike) -> VisionTransformer:
-    """Our encoder from a folder written by :func:`export_timm` (or any timm ViT folder of the same structure
-    whose ``config.json`` has ``model_args``)."""
+def read_timm_folder(path: str | os.PathLike) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
+    """A timm ViT folder's path, its ``model_args`` (checked to describe the I-JEPA structure: no class token, no
+    norm after pooling) and its weights as stored (a classifier's head included)."""
     directory = Path(path)
     config = read_json(directory / "config.json", "a timm model folder")
     args = config.get("model_args")
@@ -177,11 +177,23 @@ def load_timm(path: str | os.PathLike) -> VisionTransformer:
     if args.get("class_token", True) or args.get("fc_norm", False):
         raise CheckpointError(f"{directory} is a timm ViT with a class token or post-pooling norm, not an I-JEPA "
                               f"encoder (class_token=False, fc_norm=False)")
-    arch = {k: args[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
-                                 "mlp_ratio", "qkv_bias") if k in args}
-    encoder = build_for_loading(lambda: VisionTransformer(**arch, norm_eps=LAYER_NORM_EPS))
     weights_file = directory / "model.safetensors"
     weights = load_safetensors(weights_file) if weights_file.is_file() else load_checkpoint(
         directory / "pytorch_model.bin")
+    return directory, dict(args), weights
+
+
+def timm_arch(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``VisionTransformer`` arguments from timm's ``model_args``."""
+    arch = {k: args[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
+                                 "mlp_ratio", "qkv_bias") if k in args}
+    return {**arch, "norm_eps": LAYER_NORM_EPS}
+
+
+def load_timm(path: str | os.PathLike) -> VisionTransformer:
+    """Our encoder from a folder written by :func:`export_timm` (or any timm ViT folder of the same structure
+    whose ``config.json`` has ``model_args``)."""
+    directory, args, weights = read_timm_folder(path)
+    encoder = build_for_loading(lambda: VisionTransformer(**timm_arch(args)))
     load_strict(encoder, from_timm_state_dict(weights), "encoder", str(directory), assign=True)
     return encoder.eval()

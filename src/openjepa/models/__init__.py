@@ -1,5 +1,7 @@
-"""Encoder and predictor networks with the released I-JEPA parameter layout."""
+"""Encoder and predictor networks with the released I-JEPA parameter layout, and the encoder + linear head
+classifier that fine-tuning trains."""
 
+from .classifier import ViTClassifier, set_drop_path
 from .layers import Attention, Block, DropPath, Mlp, PatchEmbed, gather_tokens
 from .pos_embed import resample_pos_embed, sincos_2d
 from .predictor import VisionTransformerPredictor
@@ -27,9 +29,11 @@ __all__ = [
     "ViTArch",
     "VisionTransformer",
     "VisionTransformerPredictor",
+    "ViTClassifier",
     "gather_tokens",
     "preset_name",
     "resample_pos_embed",
+    "set_drop_path",
     "sincos_2d",
     "vit_base",
     "vit_encoder",

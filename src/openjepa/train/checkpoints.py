@@ -1,4 +1,5 @@
-"""What a training checkpoint holds, and how a run is put back exactly where it stopped."""
+"""What a training checkpoint holds, and how a run is put back exactly where it stopped (the position and random
+state, which fine-tuning's checkpoints record the same way)."""
 
 from __future__ import annotations
 
@@ -43,16 +44,19 @@ class Position:
         return Position(self.epoch + 1, 0, self.global_step)
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The global random generators' state (CPU, and every CUDA device), as tensors a checkpoint can hold."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any] | None) -> None:
-    # Masks and crops come from generators seeded by (seed, epoch, step); the global generator only drives
-    # drop-path, which is why restoring it is enough for an exact resume.
+def restore_rng_state(state: dict[str, Any] | None) -> None:
+    """Put back the generators' state of :func:`rng_state` (CUDA only on a machine with as many devices).
+
+    Masks and crops come from generators seeded by (seed, epoch, step); the global generator only drives
+    drop-path, which is why restoring it is enough for an exact resume."""
     if not state:
         return
     torch.set_rng_state(state["torch"])
@@ -93,10 +97,19 @@ def training_state(
         "step": position.global_step,
         "step_in_epoch": position.step_in_epoch,
         "config": config,
-        "rng": _rng_state(),
+        "rng": rng_state(),
         "precision": precision,
         "openjepa_version": __version__,
     }
+
+
+def first_non_finite(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter holding a NaN or inf, or None when every weight is finite: checked before
+    a checkpoint is written, so that a diverged update never replaces a good checkpoint."""
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            return name
+    return None
 
 
 def save_training_state(state: dict[str, Any], run_dir: Path, keep_epoch: int | None = None) -> Path:
@@ -136,7 +149,7 @@ def restore_training_state(
         load_optimizer_state(optimizer, state["opt"], str(path))
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    _set_rng_state(state.get("rng"))
+    restore_rng_state(state.get("rng"))
     epoch = int(state.get("epoch", 0))
     step_in_epoch = int(state.get("step_in_epoch", 0))
     global_step = int(state.get("step", epoch * steps_per_epoch + step_in_epoch))

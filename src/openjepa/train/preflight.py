@@ -1,16 +1,13 @@
-"""Checks made before anything is built or written: settings that would only fail once training runs, a run
-folder that already holds another run, and a model that cannot be built."""
+"""Checks made before anything is built or written: settings that would only fail once training runs, and a
+model that cannot be built (a run folder that holds another run: :func:`openjepa.run_folder.refuse_to_mix_runs`)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import UserError
 from ..ijepa import IJEPA, build_ijepa
 from ..masks import build_mask_sampler
 from ..models.pos_embed import to_2tuple
-from ..run_folder import LATEST
 from ..seeding import seeded_generator
 
 PREFLIGHT_MASK_BATCHES = 4  # masks drawn for the first batches before training, to catch impossible settings
@@ -37,15 +34,6 @@ def check_settings(config: RunConfig, world_size: int) -> None:
     global_batch = config.data.batch_size * world_size
     for step in range(PREFLIGHT_MASK_BATCHES):
         sampler.sample(global_batch, seeded_generator(config.train.seed, 0, step))
-
-
-def refuse_to_mix_runs(run_dir: Path, resume: Path | None, overwrite: bool) -> None:
-    """A fresh run in a folder that holds one needs ``--overwrite`` (or ``--resume`` to continue it)."""
-    if resume is None and (run_dir / LATEST).exists() and not overwrite:
-        raise UserError(
-            f"{run_dir} already holds a run ({LATEST}). Pass --resume to continue it, --overwrite to start again "
-            f"from scratch in the same folder, or choose another folder with train.out_dir=PATH"
-        )
 
 
 def build_model(config: RunConfig) -> IJEPA:

@@ -25,12 +25,12 @@ class Progress:
     """Progress of ``total`` steps from ``initial`` on; silent when ``enabled`` is false (processes other than 0)."""
 
     def __init__(self, total: int, initial: int, epochs: int, enabled: bool = True, log_every: int = 10,
-                 seconds: float = 30.0, stream: TextIO | None = None):
+                 seconds: float = 30.0, stream: TextIO | None = None, desc: str = "pretrain"):
         self.total, self.epochs, self.log_every, self.seconds = total, epochs, max(1, log_every), seconds
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.interactive = enabled and self.stream.isatty()
-        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc="pretrain",
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, desc=desc,
                         file=self.stream) if self.interactive else None
         self.started, self.first_step = time.monotonic(), initial
         self.last_line = self.started

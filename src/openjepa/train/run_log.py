@@ -1,5 +1,5 @@
 """What a run writes about its progress: the per-step CSV, the monitor CSV and optional TensorBoard events
-(process 0 only). The trainer's view: :class:`RunLog`."""
+(process 0 only). The trainers' view (pretraining and fine-tuning): :class:`RunLog`."""
 
 from __future__ import annotations
 
@@ -90,11 +90,13 @@ class TensorBoard:
 
 
 class RunLog:
-    """Everything a run writes about its progress: ``metrics.csv`` (every step), ``monitor.csv`` (every online
-    evaluation) and, optionally, TensorBoard events."""
+    """Everything a run writes about its progress: ``metrics.csv`` (every step, the columns ``step_fields``: by
+    default pretraining's), ``monitor.csv`` (every evaluation: the online monitor, fine-tuning's held-out score)
+    and, optionally, TensorBoard events."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool, grad_norm: bool = False):
-        fields = (*STEP_FIELDS, GRAD_NORM_FIELD) if grad_norm else STEP_FIELDS
+    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool, grad_norm: bool = False,
+                 step_fields: tuple[str, ...] = STEP_FIELDS):
+        fields = (*step_fields, GRAD_NORM_FIELD) if grad_norm else step_fields
         self.steps = CsvLog(run_dir / METRICS_CSV, fields, keep_until=resume_step)
         self.monitor = CsvLog(run_dir / MONITOR_CSV, keep_until=resume_step)
         self.tb = TensorBoard(run_dir / TENSORBOARD, purge_step=resume_step) if tensorboard else None

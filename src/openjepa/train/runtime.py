@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -96,8 +96,6 @@ def shutdown_runtime(runtime: Runtime) -> None:
         dist.destroy_process_group()
 
 
-
-
 def exchange(values: torch.Tensor, flags: Sequence[bool], runtime: Runtime) -> tuple[list[float], list[bool]]:
     """``values`` (a 1-D tensor) as their mean over processes and ``flags`` as true on every process if true on
     any, read to the host together: one all-reduce and one host sync, however many values and flags."""
@@ -116,6 +114,21 @@ def any_process(flag: bool, runtime: Runtime) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=runtime.device if runtime.device.type == "cuda" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def on_process_0(work: Callable[[], object], runtime: Runtime, errors: tuple[type[Exception], ...],
+                 elsewhere: str) -> None:
+    """Run ``work`` on process 0 (e.g. writing a checkpoint); when it raises one of ``errors``, every process
+    raises together: process 0 its error, the others a :class:`UserError` saying ``elsewhere``. Also the barrier
+    that keeps the processes in step."""
+    error: Exception | None = None
+    if runtime.is_main:
+        try:
+            work()
+        except errors as exc:
+            error = exc
+    if any_process(error is not None, runtime):
+        raise error or UserError(elsewhere)
 
 
 def barrier(runtime: Runtime) -> None:

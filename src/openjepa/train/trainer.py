@@ -16,7 +16,6 @@ The loop's only exit conditions are the epochs running out and a stop reason (a 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,20 +29,33 @@ from ..data.collate import MaskedBatch
 from ..data.loader import build_pretrain_loader
 from ..errors import CheckpointError, UserError
 from ..ijepa import IJEPA
-from ..run_folder import CURVES_PNG, LATEST, clear_earlier_run, remove_unfinished_writes, save_run_config
+from ..run_folder import (
+    CURVES_PNG,
+    LATEST,
+    clear_earlier_run,
+    refuse_to_mix_runs,
+    remove_unfinished_writes,
+    save_run_config,
+)
 from ..schedules import Schedules
 from ..step import NonFiniteLossError, StepResult, make_optimizer, train_step
 from ..viz.run import save_run_plot
 from .autoprecision import run_probe_shapes
-from .checkpoints import Position, provenance_of, restore_training_state, save_training_state, training_state
+from .checkpoints import (
+    Position,
+    first_non_finite,
+    provenance_of,
+    restore_training_state,
+    save_training_state,
+    training_state,
+)
 from .evaluation import RunMonitor
-from .preflight import build_model, check_settings, refuse_to_mix_runs
+from .preflight import build_model, check_settings
 from .progress import Progress
 from .run_log import RunLog
-from .runtime import Runtime, any_process, barrier, exchange, setup_runtime, shutdown_runtime
-from .signals import StopRequest, shield_workers
-
-COMPLETED, INTERRUPTED, TIME_LIMIT, MAX_STEPS = "completed", "interrupted", "time_limit", "max_steps"
+from .runtime import Runtime, barrier, exchange, on_process_0, setup_runtime, shutdown_runtime
+from .shell import loop_shell
+from .stopping import COMPLETED, limit_reached, past_deadline, stop_reason
 
 
 class TrainingDiverged(UserError):
@@ -152,42 +164,34 @@ class Trainer:
         self._print_header(planned_steps)
         self.progress = Progress(planned_steps, self.position.global_step, cfg.optim.epochs, rt.is_main,
                                  cfg.train.log_every, cfg.train.progress_seconds)
-        release_workers = shield_workers(self.data.loader)  # stop signals are for this process only
-        self.stop, self.started = StopRequest(), time.monotonic()
+        self.started = time.monotonic()
         first_step, last_loss = self.position.global_step, math.nan
-        reason = self._limit_reached()  # a run resumed at its step limit takes no step
-        try:
-            with self.stop:
-                while reason is None and self.position.epoch < cfg.optim.epochs:
-                    self.data.set_epoch(self.position.epoch, self.position.step_in_epoch)
+        reason = limit_reached(cfg.train, self.position.global_step)  # a run resumed at its limit takes no step
+        with loop_shell(self.data.loader, self.progress, self.log, self.data.bad_files, rt) as self.stop:
+            while reason is None and self.position.epoch < cfg.optim.epochs:
+                self.data.set_epoch(self.position.epoch, self.position.step_in_epoch)
+                tick = time.perf_counter()
+                for batch in self.data.loader:
+                    data_ms = (time.perf_counter() - tick) * 1e3
+                    lr, wd, momentum = self.schedules.at(self.position.global_step)
+                    out = self._step(batch, lr, wd, momentum)
+                    step_ms = (time.perf_counter() - tick) * 1e3 - data_ms
+                    self.position = self.position.after_step()
+                    if out is not None:
+                        last_loss = out.read[0]
+                        self._log_step(batch, out, lr, wd, momentum, step_ms, data_ms)
+                    reason = stop_reason(self.stop_flags, cfg.train, self.position.global_step,
+                                         self.stop.requested and not rt.distributed)
+                    if reason is not None:
+                        break
                     tick = time.perf_counter()
-                    for batch in self.data.loader:
-                        data_ms = (time.perf_counter() - tick) * 1e3
-                        lr, wd, momentum = self.schedules.at(self.position.global_step)
-                        out = self._step(batch, lr, wd, momentum)
-                        step_ms = (time.perf_counter() - tick) * 1e3 - data_ms
-                        self.position = self.position.after_step()
-                        if out is not None:
-                            last_loss = out.read[0]
-                            self._log_step(batch, out, lr, wd, momentum, step_ms, data_ms)
-                        reason = self._stop_reason()
-                        if reason is not None:
-                            break
-                        tick = time.perf_counter()
-                    else:
-                        self.position = self.position.after_epoch()
-                        self._end_of_epoch(last_loss)
-                reason = reason or COMPLETED
+                else:
+                    self.position = self.position.after_epoch()
+                    self._end_of_epoch(last_loss)
+            reason = reason or COMPLETED
             if reason != COMPLETED and (self.position.global_step > first_step or self.saved_step is None):
                 self._save(last_loss, keep=False)
                 self._plot()
-        finally:  # also when the run stops on an error: which files were skipped is worth knowing then too
-            release_workers()
-            self.progress.close()
-            if self.log is not None:
-                self.log.close()
-            error = sys.exc_info()[1]
-            self._report_bad_files(already_shown=str(error) if error is not None else "")
         result = PretrainResult(self.run_dir, self.position, last_loss, reason, self.stop.signal,
                                 bad_files=self.data.bad_file_count())
         if reason == COMPLETED:
@@ -227,25 +231,9 @@ class Trainer:
     def _exchange(self, values: torch.Tensor) -> list[float]:
         """The step's one host sync: its values (mean over processes) read together with this process's stop
         request and deadline, which then hold on every process if they hold on any."""
-        limit = self.cfg.train.max_minutes
-        late = limit is not None and (time.monotonic() - self.started) / 60 >= limit
+        late = past_deadline(self.started, self.cfg.train.max_minutes)
         means, self.stop_flags = exchange(values, (self.stop.requested, late), self.rt)
         return means
-
-    def _limit_reached(self) -> str | None:
-        t = self.cfg.train
-        if t.max_steps is not None and self.position.global_step >= t.max_steps:
-            return MAX_STEPS
-        if t.max_minutes is not None and t.max_minutes <= 0:
-            return TIME_LIMIT
-        return None
-
-    def _stop_reason(self) -> str | None:
-        requested, late = self.stop_flags
-        if requested:
-            return INTERRUPTED
-        limit = self._limit_reached()
-        return limit if limit is not None else (TIME_LIMIT if late else None)
 
     def _non_finite(self, exc: NonFiniteLossError) -> None:
         self.skipped_batches += 1
@@ -306,19 +294,13 @@ class Trainer:
         A failed write (full disk, lost mount...) stops the run rather than letting it go on for hours with no
         safe copy of its progress; the previous checkpoint is intact, so ``--resume`` continues from it.
         """
-        error: Exception | None = None
-        if self.rt.is_main:
-            try:
-                self._write_checkpoint(loss, keep)
-            except (CheckpointError, TrainingDiverged) as exc:
-                error = exc
-        if any_process(error is not None, self.rt):  # also the barrier that keeps the processes in step
-            raise error or UserError(f"stopping at step {self.position.global_step}: process 0 could not save "
-                                     f"the checkpoint (its message says why)")
+        on_process_0(lambda: self._write_checkpoint(loss, keep), self.rt, (CheckpointError, TrainingDiverged),
+                     f"stopping at step {self.position.global_step}: process 0 could not save the checkpoint (its "
+                     f"message says why)")
 
     def _write_checkpoint(self, loss: float, keep: bool) -> None:
         step = self.position.global_step
-        bad = _first_non_finite(self.model)
+        bad = first_non_finite(self.model)
         if bad is not None:  # a NaN/inf update slipped past a finite loss: never let it replace a good checkpoint
             raise TrainingDiverged(
                 f"training diverged: the weights hold NaN or inf values after step {step} (first: {bad}), so no "
@@ -355,14 +337,6 @@ class Trainer:
         barrier(self.rt)
         return line
 
-    def _report_bad_files(self, already_shown: str = "") -> None:
-        """Print the list of unreadable files met by any process, once, at the end of the run (unless the error
-        that ends the run already carries it)."""
-        if self.rt.is_main:
-            summary = self.data.bad_files.summary()
-            if summary and summary not in already_shown:
-                print(summary, flush=True)
-
     def _print_header(self, planned_steps: int) -> None:
         if not self.rt.is_main:
             return
@@ -388,12 +362,3 @@ def _precision_note(config: RunConfig, runtime: Runtime) -> str | None:
         return None
     return f"train.precision={config.train.precision} resolved to {choice.precision} here ({choice.describe()})"
 
-
-def _first_non_finite(model: IJEPA) -> str | None:
-    """The name of the first parameter holding a NaN or inf, or None when every weight is finite."""
-    for prefix, module in (("encoder", model.encoder), ("predictor", model.predictor),
-                           ("target_encoder", model.target_encoder)):
-        for name, param in module.named_parameters():
-            if not bool(torch.isfinite(param).all()):
-                return f"{prefix}.{name}"
-    return None
