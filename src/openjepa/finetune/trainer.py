@@ -220,8 +220,8 @@ class FineTuner:
     def run(self) -> FinetuneResult:
         cfg, rt = self.cfg, self.rt
         self._open_run_dir()
-        self._start()
         self._print_header()
+        self._start()
         self.progress = Progress(self.total_steps, self.position.global_step, cfg.optim.epochs, rt.is_main,
                                  cfg.train.log_every, cfg.train.progress_seconds, desc="finetune")
         self.started = time.monotonic()
