@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import tiny_config
 
 from openjepa.checkpoint import CheckpointError, load_checkpoint
 from openjepa.cli.main import main
@@ -32,6 +33,7 @@ from openjepa.finetune.data import build_finetune_data
 from openjepa.finetune.optim import set_lr
 from openjepa.interop import ExportInfo, export_hf
 from openjepa.models import ViTClassifier, vit_encoder
+from openjepa.train import pretrain
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "digits.yaml"
 TINY = ["model.arch=vit_tiny", "model.embed_dim=16", "model.depth=2", "model.num_heads=2", "model.patch_size=4",
@@ -206,3 +208,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
             # turns the float noise of the two reductions into steps of its own)
         assert torch.allclose(value, other, atol=1e-5), key
     assert json.loads((tmp_path / "two" / "final.json").read_text())["top1"] == pytest.approx(one.top1, abs=1e-6)
+
+
+def test_pretraining_refuses_a_fine_tuning_run_folder(tmp_path):
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / LATEST).write_bytes(b"")
+    with pytest.raises(UserError, match="holds a fine-tuning run"):
+        pretrain(tiny_config(tmp_path / "ft"))
