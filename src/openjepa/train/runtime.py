@@ -96,8 +96,6 @@ def shutdown_runtime(runtime: Runtime) -> None:
         dist.destroy_process_group()
 
 
-
-
 def exchange(values: torch.Tensor, flags: Sequence[bool], runtime: Runtime) -> tuple[list[float], list[bool]]:
     """``values`` (a 1-D tensor) as their mean over processes and ``flags`` as true on every process if true on
     any, read to the host together: one all-reduce and one host sync, however many values and flags."""
@@ -116,6 +114,17 @@ def any_process(flag: bool, runtime: Runtime) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=runtime.device if runtime.device.type == "cuda" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def same_on_every_process(value: int, runtime: Runtime) -> bool:
+    """Whether every process holds the same integer ``value`` (e.g. the step it resumed from)."""
+    if not runtime.distributed:
+        return True
+    device = runtime.device if runtime.device.type == "cuda" else "cpu"
+    low, high = (torch.tensor([int(value)], dtype=torch.int64, device=device) for _ in range(2))
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(low.item() == high.item())
 
 
 def barrier(runtime: Runtime) -> None:
