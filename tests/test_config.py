@@ -69,6 +69,7 @@ def test_released_recipes_keep_the_published_hyperparameters(name, arch, patch, 
     assert (c.model.arch, c.model.patch_size, c.model.img_size, c.model.pred_depth, c.model.pred_emb_dim) == (
         arch, patch, img, pred_depth, 384)
     assert (c.data.batch_size, c.data.crop_scale, c.data.hflip) == (batch, (0.3, 1.0), False)
+    assert c.data.global_batch == 2048 and c.optim.accum_steps is None  # the published global batch, any GPU count
     o = c.optim
     assert (o.epochs, o.warmup_epochs, o.lr, o.start_lr, o.final_lr) == (epochs, warmup, 1e-3, 2e-4, 1e-6)
     assert (o.weight_decay, o.final_weight_decay, o.ema, o.ipe_scale) == (0.04, 0.4, (0.996, 1.0), 1.0)

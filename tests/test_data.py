@@ -1,6 +1,7 @@
 """The data package: sources, transforms, keyed sampling, the pretraining loader and evaluation datasets."""
 
 import gzip
+import itertools
 import os
 import pickle
 from pathlib import Path
@@ -22,6 +23,7 @@ from openjepa.data import (
     to_standard_mode,
 )
 from openjepa.data import idx as idx_module
+from openjepa.data import loader as loader_module
 from openjepa.data.base import ArrayPicture
 from openjepa.data.folder import list_images
 from openjepa.data.stats import IMAGENET_MEAN, IMAGENET_STD, LUMA, adapt_stats
@@ -351,20 +353,31 @@ def test_stats_adaptation():
 
 
 # -- batch sampler --------------------------------------------------------------------------------------------------
-def test_ranks_interleave_into_the_single_process_batches():
+@pytest.mark.parametrize("world, accum", [(2, 1), (1, 3), (2, 2)])
+def test_ranks_and_micro_batches_interleave_into_the_single_process_batches(world, accum):
+    """Micro-batch a of rank r plays virtual rank a * world + r: a step's micro-batches on all ranks together are
+    the single-process batch of the same global size, position for position."""
     n, per_rank = 103, 4
-    single = KeyedBatchSampler(n, per_rank * 2, world_size=1, rank=0, seed=3)
-    ranks = [KeyedBatchSampler(n, per_rank, world_size=2, rank=r, seed=3) for r in range(2)]
+    virtual = world * accum
+    single = KeyedBatchSampler(n, per_rank * virtual, world_size=1, rank=0, seed=3)
+    ranks = [KeyedBatchSampler(n, per_rank, world_size=world, rank=r, seed=3, accum_steps=accum)
+             for r in range(world)]
     for epoch in (0, 1):
         for s in [single, *ranks]:
             s.set_epoch(epoch)
-        assert len(single) == len(ranks[0]) == len(ranks[1]) == 103 // 8
-        for step, (whole, b0, b1) in enumerate(zip(single, *ranks)):
-            merged = sorted(b0 + b1, key=lambda item: item[1].position)
+        steps = 103 // (4 * virtual)
+        assert single.steps_per_epoch == ranks[0].steps_per_epoch == steps and len(ranks[-1]) == steps * accum
+        per_step = [list(zip(*[iter(list(r))] * accum)) for r in ranks]  # each rank's micro-batches, by step
+        for step, whole in enumerate(single):
+            merged = sorted((item for r in per_step for micro in r[step] for item in micro),
+                            key=lambda item: item[1].position)
             assert [i for i, _ in merged] == [i for i, _ in whole]
-            assert [k.position for _, k in merged] == list(range(8))
+            assert [k.position for _, k in merged] == list(range(per_rank * virtual))
             for _, key in merged + whole:
-                assert (key.epoch, key.step, key.global_batch) == (epoch, step, 8)
+                assert (key.epoch, key.step, key.global_batch) == (epoch, step, per_rank * virtual)
+            for r in range(world):
+                for a, micro in enumerate(per_step[r][step]):
+                    assert {k.position % virtual for _, k in micro} == {a * world + r}
     single.set_epoch(0)
     first = [i for batch in single for i, _ in batch]
     single.set_epoch(1)
@@ -383,20 +396,38 @@ def test_resume_skips_batches_without_loading_them():
     assert len(list(sampler)) == 10  # a new epoch starts from its first batch
 
 
-def test_loader_ranks_reproduce_the_single_process_batches():
-    """Two simulated ranks see exactly the images and masks of the matching rows of the single-process batch."""
+@pytest.mark.parametrize("world, accum", [(2, 1), (2, 2)])
+def test_loader_ranks_reproduce_the_single_process_batches(world, accum):
+    """Simulated ranks (and their micro-batches) see exactly the images and masks of the matching rows of the
+    single-process batch."""
     mask = MaskConfig(min_keep=2)
-    single = build_pretrain_loader(DataConfig(batch_size=8), _model(), mask, seed=11)
-    ranks = [build_pretrain_loader(DataConfig(batch_size=4), _model(), mask, seed=11, rank=r, world_size=2)
-             for r in range(2)]
+    virtual = world * accum
+    single = build_pretrain_loader(DataConfig(batch_size=4 * virtual), _model(), mask, seed=11)
+    ranks = [build_pretrain_loader(DataConfig(batch_size=4), _model(), mask, seed=11, rank=r, world_size=world,
+                                   accum_steps=accum) for r in range(world)]
     for data in [single, *ranks]:
         data.set_epoch(1, start_step=3)
-    for whole, *parts in list(zip(single.loader, *[r.loader for r in ranks]))[:3]:
-        for r, part in enumerate(parts):
-            rows = torch.arange(r, 8, 2)
-            assert torch.equal(part.images, whole.images[rows]) and torch.equal(part.labels, whole.labels[rows])
-            assert torch.equal(part.context, whole.context[rows])
-            assert torch.equal(part.targets, whole.targets[:, rows])
+    assert ranks[0].steps_per_epoch == single.steps_per_epoch and ranks[0].accum_steps == accum
+    steps = [list(zip(*[itertools.islice(r.loader, 3 * accum)] * accum)) for r in ranks]
+    for step, whole in enumerate(list(single.loader)[:3]):
+        for r in range(world):
+            for a, part in enumerate(steps[r][step]):
+                rows = torch.arange(a * world + r, 4 * virtual, virtual)
+                assert torch.equal(part.images, whole.images[rows]) and torch.equal(part.labels, whole.labels[rows])
+                assert torch.equal(part.context, whole.context[rows])
+                assert torch.equal(part.targets, whole.targets[:, rows])
+
+
+def test_automatic_workers_share_the_cores_of_this_machine(monkeypatch):
+    """data.num_workers=null: one core per process of this machine for training, the rest decode (at most 8)."""
+    files = type("FileSource", (), {"in_memory": False})()
+    monkeypatch.setattr(loader_module, "available_cpus", lambda: 64)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_module.auto_num_workers(files, world_size=1) == 8
+    assert loader_module.auto_num_workers(files, world_size=8) == 7
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun on 2 nodes of 8 processes: 16 in all, 8 here
+    assert loader_module.auto_num_workers(files, world_size=16) == 7
+    assert loader_module.auto_num_workers(type("Memory", (), {"in_memory": True})(), world_size=16) == 0
 
 
 # -- loader end to end ----------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from crash_harness import PAUSED, Child, child_env, wait_for_rows
 from test_train import TINY, losses, tiny_config, weights
 
 from openjepa.checkpoint import CheckpointError, load_checkpoint
+from openjepa.checkpoint_writer import CheckpointWriter
 from openjepa.cli.main import main as cli_main
 from openjepa.train import pretrain
 
@@ -131,8 +132,18 @@ def test_sigterm_saves_a_checkpoint_of_the_exact_step(tmp_path):
     assert_same_weights(same, run)
 
 
-def test_ctrl_c_saves_a_checkpoint(tmp_path, capsys):
-    """SIGINT, sent to this very process once training is under way (the handler runs in the main thread)."""
+def test_ctrl_c_saves_a_checkpoint(tmp_path, capsys, monkeypatch):
+    """SIGINT, sent to this very process once training is under way (the handler runs in the main thread). The
+    epoch-end saves snapshot the weights (training goes on); the stop's save writes them as they are (no second
+    copy in host memory) in a thread that does not hold up the exit."""
+    saves = []
+    real_save = CheckpointWriter.save
+
+    def recorded(self, state, path, copies=(), copy_cpu=True, daemon=False):
+        saves.append((state["step"], copy_cpu, daemon))
+        return real_save(self, state, path, copies, copy_cpu, daemon)
+
+    monkeypatch.setattr(CheckpointWriter, "save", recorded)
     run = tmp_path / "run"
     done = threading.Event()
 
@@ -156,6 +167,31 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path, capsys):
     assert "SIGINT received: finishing this step and saving a checkpoint" in out
     step = stopped_step(out.splitlines(), run)
     assert 2 <= step < 300 and load_checkpoint(run / "jepa-latest.pth.tar")["step"] == step
+    assert saves[-1] == (step, False, True)
+    assert saves[:-1] == [(s, True, False) for s in range(3, step, 3)]  # the epoch ends before the stop
+
+
+def test_sigterm_waits_for_the_checkpoint_no_longer_than_the_grace_period(tmp_path):
+    """A stop's checkpoint that cannot be written within train.stop_grace_seconds (here: stuck just before its
+    rename) is left behind: the run says so and exits, and jepa-latest.pth.tar still holds the previous one."""
+    run = tmp_path / "run"
+    assert pretrain(tiny_config(run, *CRASH[len(TINY):], "train.max_steps=3")).position.global_step == 3
+    args = cli_args(run, *LONG, "train.max_steps=null", "train.checkpoint_every=1000", "train.stop_grace_seconds=1",
+                    f"--resume={run}")
+    child = Child(args, tmp_path / "child.log", pause="before-rename", at=1)
+    wait_for_rows(run / "metrics.csv", 5, child)
+    child.kill(signal.SIGTERM)
+    child.wait_for(PAUSED)
+    started = time.monotonic()
+    assert child.finish() == 128 + signal.SIGTERM, child.output()
+    assert time.monotonic() - started < 30  # the stuck writer did not keep the process alive
+    late = next(line for line in child.lines if "was not complete" in line)
+    assert "1 s after the stop request (train.stop_grace_seconds); exiting without it" in late
+    assert f"{run / 'jepa-latest.pth.tar'} still holds step 3" in late
+    stopped = next(line for line in child.lines if line.startswith("stopped at step"))
+    assert stopped.endswith(f"without its checkpoint; `openjepa pretrain --resume {run}` continues from step 3")
+    assert load_checkpoint(run / "jepa-latest.pth.tar")["step"] == 3
+    assert len(stray_files(run)) == 1  # the complete, never renamed file: the next start removes it
 
 
 def _free_port() -> int:
@@ -186,6 +222,25 @@ def test_sigterm_stops_both_ranks_of_a_ddp_run_with_one_checkpoint(tmp_path):
     assert state["step"] == step and state["world_size"] == 2
     assert sorted(p.name for p in run.glob("*.pth.tar")) == ["jepa-latest.pth.tar"]
     assert stray_files(run) == []
+
+
+def test_processes_that_would_start_from_different_steps_refuse_to_train(tmp_path):
+    """What a train.out_dir that only some nodes see does under --auto-resume: one process finds the checkpoint,
+    another none. Both stop before training, saying why, instead of training apart."""
+    run = tmp_path / "run"
+    pretrain(tiny_config(run, *CRASH[len(TINY):], "train.max_steps=3"))
+    port = str(_free_port())
+    children = []
+    for rank, args in enumerate([cli_args(run, "data.batch_size=8", "--auto-resume"),
+                                 cli_args(tmp_path / "elsewhere", "data.batch_size=8", "--auto-resume")]):
+        env = {**child_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        children.append(Child(args, tmp_path / f"rank{rank}.log", env=env))
+    assert [child.finish() for child in children] == [1, 1], "\n\n".join(c.output() for c in children)
+    for child, where in zip(children, (f"step 3 from {run / 'jepa-latest.pth.tar'}", "a new run")):
+        message = child.output()
+        assert f"the processes of this run resumed from different steps (this one: {where}): train.out_dir" in message
+    assert load_checkpoint(run / "jepa-latest.pth.tar")["step"] == 3
 
 
 # -- full disk ------------------------------------------------------------------------------------------------------
@@ -232,7 +287,18 @@ def disk_fills_at_save(monkeypatch):
     return lambda n: saves.update({"from": n})
 
 
-def test_full_disk_keeps_the_previous_checkpoint_and_stops_clearly(tmp_path, capsys, disk_fills_at_save):
+def test_full_disk_keeps_the_previous_checkpoint_and_stops_clearly(tmp_path, capsys, disk_fills_at_save,
+                                                                   monkeypatch):
+    """The write fails in the background thread; the next step (every process learns of it in the step's sync)
+    stops the run with the write's error, explained, and the previous checkpoint in place."""
+    real_save = CheckpointWriter.save
+
+    def save_then_let_it_finish(self, *args, **kwargs):  # the failure is known before the next step, always
+        timing = real_save(self, *args, **kwargs)
+        self._thread.join()
+        return timing
+
+    monkeypatch.setattr(CheckpointWriter, "save", save_then_let_it_finish)
     run = tmp_path / "run"
     disk_fills_at_save(3)  # epochs 1 and 2 are saved; the disk is full when epoch 3 ends (step 9)
     rc = cli_main(cli_args(run))
@@ -241,8 +307,8 @@ def test_full_disk_keeps_the_previous_checkpoint_and_stops_clearly(tmp_path, cap
     message = err.strip().splitlines()[-1]
     assert message.startswith("openjepa pretrain: error: could not write checkpoint")
     assert "No space left on device" in message
-    assert f"the previous checkpoint at {run / 'jepa-latest.pth.tar'} is intact" in message
-    assert "Training stopped at step 9" in message
+    assert f"the previous checkpoint at {run / 'jepa-latest.pth.tar'} is intact (the checkpoint of step 9)" in message
+    assert "Training stopped at step 10 instead of going on" in message  # the step after the failed save
     assert f"`openjepa pretrain --resume {run}` continues from step 6" in message
     assert load_checkpoint(run / "jepa-latest.pth.tar")["step"] == 6
     assert stray_files(run) == []  # the partial file was removed, not left to fill the disk further

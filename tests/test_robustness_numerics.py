@@ -91,7 +91,7 @@ def test_skip_nonfinite_skips_and_counts_bad_batches(tmp_path, capsys, poison):
 
 
 def test_nan_weights_behind_a_finite_loss_never_reach_a_checkpoint(tmp_path, monkeypatch):
-    real_step = trainer_module.train_step
+    real_step = trainer_module.accumulated_step
     calls = {"n": 0}
 
     def step_then_blow_up(model, *args, **kwargs):
@@ -102,7 +102,7 @@ def test_nan_weights_behind_a_finite_loss_never_reach_a_checkpoint(tmp_path, mon
                 model.predictor.predictor_proj.weight[0, 0] = math.inf
         return out
 
-    monkeypatch.setattr(trainer_module, "train_step", step_then_blow_up)
+    monkeypatch.setattr(trainer_module, "accumulated_step", step_then_blow_up)
     run = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as caught:
         pretrain(tiny_config(run, *RUN_SETTINGS))

@@ -51,10 +51,11 @@ def _numbered_shards(root: Path, sizes=(23, 20, 7)) -> list[str]:
     return paths
 
 
-def _epoch(paths, world, rank, workers, epoch=0, start=0, batch=4, buffer=5, seed=0):
+def _epoch(paths, world, rank, workers, epoch=0, start=0, batch=4, buffer=5, seed=0, accum=1):
     cfg = DataConfig(dataset="shards", path=tuple(paths), batch_size=batch, num_workers=workers,
                      shuffle_buffer=buffer)
-    data = build_pretrain_loader(cfg, MODEL, MaskConfig(min_keep=2), seed=seed, rank=rank, world_size=world)
+    data = build_pretrain_loader(cfg, MODEL, MaskConfig(min_keep=2), seed=seed, rank=rank, world_size=world,
+                                 accum_steps=accum)
     data.set_epoch(epoch, start)
     return data, list(data.loader)
 
@@ -132,6 +133,39 @@ def test_ranks_and_workers_read_every_sample_once(tmp_path, world):
                 assert torch.allclose(b.images[:, 0, 0, 0], torch.from_numpy(table[b.labels.numpy() % 256]))
         assert len(seen) == len(set(seen)) == steps * batch * world, (world, workers)
         assert n - len(seen) < batch * world  # only the incomplete last global batch is left out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_accumulated_micro_batches_read_every_sample_once_with_global_keys(tmp_path, workers):
+    """2 ranks x 2 micro-batches: each micro-batch plays a virtual rank, so a step's keys over both ranks and both
+    micro-batches are the positions 0..G-1 of one global batch, and each micro-batch gets its rows of the step's
+    global masks; resuming skips whole steps."""
+    paths = _numbered_shards(tmp_path)
+    world, accum, batch = 2, 2, 4
+    g = world * accum * batch
+    steps = 50 // g
+    seen, positions = [], {}
+    for rank in range(world):
+        data, batches = _epoch(paths, world, rank, workers, batch=batch, accum=accum)
+        assert data.steps_per_epoch == steps and len(batches) == steps * accum
+        collate = data.loader.collate_fn
+        for unit, b in enumerate(batches):
+            step, micro = divmod(unit, accum)
+            seen += b.labels.tolist()
+            keys = [SampleKey(0, step, j * world * accum + micro * world + rank, g) for j in range(batch)]
+            masks = collate.masks_for(keys, batch)
+            assert torch.equal(b.context, masks.context) and torch.equal(b.targets, masks.targets)
+            positions.setdefault(step, []).extend(k.position for k in keys)
+        if workers == 0:  # the stream's own keys, as the collate function receives them
+            stream = data.batch_sampler
+            stream.set_epoch(0)
+            got = [[key for *_, key in items] for items in stream]
+            assert [[k.position for k in keys] for keys in got] == [
+                [j * world * accum + (u % accum) * world + rank for j in range(batch)] for u in range(len(got))]
+        _, resumed = _epoch(paths, world, rank, workers, batch=batch, accum=accum, start=1)
+        assert [r.labels.tolist() for r in resumed] == [b.labels.tolist() for b in batches[accum:]]
+    assert len(seen) == len(set(seen)) == steps * g
+    assert all(sorted(p) == list(range(g)) for p in positions.values()) and len(positions) == steps
 
 
 def test_epochs_are_deterministic_resumable_and_keyed(tmp_path):

@@ -135,13 +135,20 @@ class CheckpointWriter:
         """Whether a save is still being written."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def failed(self) -> bool:
+        """Whether the last save has finished and failed (without waiting; :meth:`check` raises its error)."""
+        return not self.busy and self._error is not None
+
     def save(self, state: Mapping[str, Any], path: str | os.PathLike, copies: Sequence[str | os.PathLike] = (),
-             copy_cpu: bool = True) -> SaveTiming:
+             copy_cpu: bool = True, daemon: bool = False) -> SaveTiming:
         """Snapshot ``state`` and write it to ``path`` (then to each of ``copies``, e.g. a kept epoch's file) in
         the background. Waits for the previous save first and raises its error, if any.
 
         ``copy_cpu=False``: CPU tensors are written from where they are, without a copy; the caller must not
-        change them until :meth:`wait` returns (use it once training has stopped)."""
+        change them until :meth:`wait` returns (use it once training has stopped). ``daemon=True``: the writing
+        thread does not hold up the interpreter's exit; a write still under way then is cut short, which leaves the
+        previous file in place and a temporary file beside it (for a process that must be gone by a deadline)."""
         self.wait()
         start = time.perf_counter()
         frozen = snapshot(dict(state), copy_cpu=copy_cpu, pin_memory=self.pin_memory, buffers=self._buffers)
@@ -149,8 +156,8 @@ class CheckpointWriter:
         self.last = timing
         self._thread = threading.Thread(target=self._write, args=(frozen, Path(path), [Path(c) for c in copies],
                                                                   timing),
-                                        name="openjepa-checkpoint-writer", daemon=False)
-        self._thread.start()  # not a daemon: a normal interpreter exit waits for the file to be complete
+                                        name="openjepa-checkpoint-writer", daemon=daemon)
+        self._thread.start()  # not a daemon by default: a normal interpreter exit waits for the file to be complete
         return timing
 
     def _write(self, state: dict[str, Any], path: Path, copies: list[Path], timing: SaveTiming) -> None:

@@ -26,8 +26,8 @@ from .masks import MaskConfig
 DEFAULT_RECIPE = "digits"
 
 __all__ = [  # ConfigError is defined in openjepa.errors and re-exported here, where it has always been importable
-    "DEFAULT_RECIPE", "ConfigError", "RunConfig", "Sections", "apply_overrides", "build_section", "from_dict",
-    "load_config", "read_recipe", "recipe_names",
+    "DEFAULT_RECIPE", "ConfigError", "RunConfig", "Sections", "accumulation_steps", "apply_overrides",
+    "build_section", "from_dict", "load_config", "read_recipe", "recipe_names",
 ]
 
 
@@ -64,6 +64,47 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+# -- settings derived from several sections -----------------------------------------------------------------------
+def accumulation_steps(config: RunConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step: ``optim.accum_steps``, or what ``data.global_batch`` implies for this
+    number of processes (``global_batch / (data.batch_size x processes)``); a :class:`ConfigError` naming the numbers
+    when that is not a whole number or when both settings are given and disagree."""
+    batch, wanted, accum = config.data.batch_size, config.data.global_batch, config.optim.accum_steps
+    per_step = batch * world_size  # images of one micro-batch on every process together
+    sizes = f"data.batch_size x processes = {batch} x {world_size} = {per_step}"
+    if wanted is None:
+        return accum or 1
+    if accum is not None:
+        if per_step * accum != wanted:
+            raise ConfigError(
+                f"data.global_batch={wanted} and optim.accum_steps={accum} disagree: {sizes}, times {accum} "
+                f"micro-batches makes {per_step * accum}. Set only one of them (data.global_batch keeps the global "
+                f"batch whatever the number of processes; optim.accum_steps=null derives the accumulation from it)"
+            )
+        return accum
+    if wanted % per_step:
+        raise ConfigError(
+            f"data.global_batch={wanted} is not a whole number of micro-batches: {sizes} images per micro-batch, "
+            f"and {wanted} / {per_step} = {wanted / per_step:.4g}. {_batch_advice(wanted, batch, world_size)}"
+        )
+    return wanted // per_step
+
+
+def _batch_advice(wanted: int, batch: int, world_size: int) -> str:
+    """How to reach ``wanted`` images per step with ``world_size`` processes, or what comes closest."""
+    per_step = batch * world_size
+    lower, higher = wanted // per_step * per_step, (wanted // per_step + 1) * per_step
+    nearest = " or ".join(str(g) for g in (lower, higher) if g > 0)
+    if wanted % world_size == 0:
+        per_process = wanted // world_size
+        fits = max(d for d in range(1, min(batch, per_process) + 1) if per_process % d == 0)
+        count = per_process // fits
+        return (f"Use data.batch_size={fits} ({count} micro-batch{'es' if count > 1 else ''} per step), or "
+                f"data.global_batch={nearest}")
+    return (f"{wanted} images cannot be split evenly over {world_size} processes: use another number of processes, "
+            f"or data.global_batch={nearest}")
 
 
 # -- value checking -----------------------------------------------------------------------------------------------

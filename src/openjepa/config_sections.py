@@ -24,7 +24,11 @@ class DataConfig:
 
     dataset: str = "digits"
     path: str | tuple[str, ...] | None = None  # None: the dataset's default location (fashion_mnist: Debian's)
-    batch_size: int = 64  # per process; the global batch is batch_size * world size
+    batch_size: int = 64  # per process and micro-batch; the global batch is batch_size x processes x accum_steps
+    # The global batch of a step; set, it fixes optim.accum_steps = global_batch / (batch_size x processes), so a
+    # recipe keeps its global batch (and learning rate) on any number of processes. None: batch_size x processes
+    # x optim.accum_steps.
+    global_batch: int | None = None
     num_workers: int | None = None  # None: chosen from the dataset and the machine
     crop_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop area range (the released recipe's)
     crop_ratio: tuple[float, float] = (0.75, 4 / 3)  # RandomResizedCrop aspect-ratio range
@@ -48,6 +52,8 @@ class DataConfig:
             raise ValueError(f"data.shuffle_buffer must be >= 1 (1: no shuffling), got {self.shuffle_buffer}")
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.global_batch is not None and self.global_batch < 1:
+            raise ValueError(f"data.global_batch must be >= 1 (or null), got {self.global_batch}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0 (or null for automatic), got {self.num_workers}")
         lo, hi = self.crop_scale
@@ -88,6 +94,13 @@ class OptimConfig:
     ema: tuple[float, float] = (0.996, 1.0)
     ipe_scale: float = 1.0  # stretch the schedules to ipe_scale x the training length, as the released code can
     grad_clip: float | None = None
+    # Micro-batches of data.batch_size accumulated per optimizer step (one schedule step, one EMA update each).
+    # None: 1, or what data.global_batch implies.
+    accum_steps: int | None = None
+
+    def __post_init__(self):
+        if self.accum_steps is not None and self.accum_steps < 1:
+            raise ValueError(f"optim.accum_steps must be >= 1 (or null), got {self.accum_steps}")
 
 
 @dataclass
@@ -102,11 +115,16 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
     selective_recompute: bool = False  # recompute only LayerNorm/GELU outputs in backward: ~1/3 less activations
     checkpoint_every: int = 1  # epochs between rewrites of jepa-latest.pth.tar (the last epoch always writes it)
+    checkpoint_minutes: float | None = None  # also rewrite it mid-epoch once this many minutes passed since the last
     keep_every: int = 0  # also keep a numbered copy, jepa-epN.pth.tar, every N epochs (0: latest only)
     log_every: int = 10  # steps between updates of the progress bar's mean loss (on a terminal)
     progress_seconds: float = 30.0  # without a terminal (CI, nohup, SLURM): seconds between plain progress lines
     tensorboard: bool = False
     max_minutes: float | None = None  # stop cleanly (with a checkpoint) after this much wall-clock time
+    # After SIGTERM/SIGINT: seconds (from the stop request) the run waits for its last checkpoint to be written
+    # before exiting without it (the previous one stays). torchrun SIGKILLs its workers 30 s after SIGTERM by
+    # default (--shutdown-timeout); null: wait however long the write takes.
+    stop_grace_seconds: float | None = 25.0
     max_steps: int | None = None  # stop cleanly after this many steps (schedules still span all epochs)
     skip_nonfinite: int = 0  # skip up to N batches whose loss is NaN/inf before stopping the run
     threads: int | None = None  # CPU threads for torch (None: torch's default)
@@ -116,6 +134,12 @@ class TrainConfig:
             raise ValueError(f"train.device must be one of {DEVICES} or cuda:N, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.checkpoint_minutes is not None and self.checkpoint_minutes <= 0:
+            raise ValueError(f"train.checkpoint_minutes must be > 0 (or null: at epoch ends only), got "
+                             f"{self.checkpoint_minutes}")
+        if self.stop_grace_seconds is not None and self.stop_grace_seconds < 0:
+            raise ValueError(f"train.stop_grace_seconds must be >= 0 (or null: no limit), got "
+                             f"{self.stop_grace_seconds}")
 
 
 METHODS = ("knn", "linear")

@@ -12,7 +12,12 @@ def generator_or_default(generator: torch.Generator | None) -> torch.Generator:
     return generator if generator is not None else torch.Generator().manual_seed(torch.initial_seed() % 2**63)
 
 
+def seed_from(*entropy: int) -> int:
+    """A 63-bit seed that is a hash of the given integers (e.g. ``seed, step, rank``)."""
+    state = np.random.SeedSequence([int(e) % 2**63 for e in entropy]).generate_state(2, dtype=np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
 def seeded_generator(*entropy: int) -> torch.Generator:
     """A generator whose stream is a hash of the given integers (e.g. ``seed, epoch, step``)."""
-    state = np.random.SeedSequence([int(e) % 2**63 for e in entropy]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+    return torch.Generator().manual_seed(seed_from(*entropy))

@@ -74,8 +74,13 @@ def run(args) -> int:
         raise UserError(f"nothing to resume in {config.train.out_dir}: {resume.name} does not exist")
     result = pretrain(config, resume=resume, overwrite=args.overwrite)
     if result.stop_reason == "interrupted":
-        print(f"stopped at step {result.position.global_step}; checkpoint saved in {result.run_dir}. "
-              f"Resume with: openjepa pretrain --resume {result.run_dir}")
+        if result.saved_step == result.position.global_step:
+            print(f"stopped at step {result.position.global_step}; checkpoint saved in {result.run_dir}. "
+                  f"Resume with: openjepa pretrain --resume {result.run_dir}")
+        else:  # the last save did not finish within train.stop_grace_seconds
+            kept = f"continues from step {result.saved_step}" if result.saved_step is not None else "starts again"
+            print(f"stopped at step {result.position.global_step} without its checkpoint; "
+                  f"`openjepa pretrain --resume {result.run_dir}` {kept}")
         return 128 + (result.signal or signal.SIGINT)
     if result.stop_reason == "time_limit":
         print(f"stopped at step {result.position.global_step} (time limit); checkpoint saved in {result.run_dir}")

@@ -32,7 +32,7 @@ MAX_AUTO_WORKERS = 8
 class PretrainData:
     """Everything the trainer needs from the data side of a run."""
 
-    loader: DataLoader  # yields openjepa.data.collate.MaskedBatch
+    loader: DataLoader  # yields openjepa.data.collate.MaskedBatch: accum_steps micro-batches per step
     batch_sampler: KeyedBatchSampler  # for shards: the ShardStream (same set_epoch / set_start_step / len)
     dataset: PretrainDataset
     steps_per_epoch: int
@@ -40,6 +40,7 @@ class PretrainData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_workers: int
+    accum_steps: int = 1  # micro-batches per step (gradient accumulation)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Prepare the loader for ``epoch``, starting at batch ``start_step`` (resuming)."""
@@ -81,11 +82,13 @@ def auto_num_workers(source: ImageSource, world_size: int = 1) -> int:
 
     In-memory datasets (digits, IDX, CIFAR) load in the main process: a sample costs tens of microseconds there,
     less than shipping it back from a worker (see benchmarks/data_throughput.py). Files need decoding: one core
-    per rank is left to the training loop, the rest (at most 8) decode.
+    per rank is left to the training loop, the rest (at most 8) decode. The cores are shared by the ranks of this
+    machine: torchrun's ``LOCAL_WORLD_SIZE`` of them when it is set, else ``world_size``.
     """
     if source.in_memory:
         return 0
-    per_rank = max(1, available_cpus() // max(1, world_size))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    per_rank = max(1, available_cpus() // max(1, local))
     return max(1, min(MAX_AUTO_WORKERS, per_rank - 1))
 
 
@@ -105,22 +108,27 @@ def wants_pinned(data_cfg: DataConfig, device: str | torch.device | None) -> boo
 
 def build_pretrain_loader(data_cfg: DataConfig, model_cfg: ModelConfig, mask_cfg: MaskConfig, seed: int,
                           rank: int = 0, world_size: int = 1, *, bad_file_dir: str | Path | None = None,
-                          device: str | torch.device | None = None) -> PretrainData:
+                          device: str | torch.device | None = None, accum_steps: int = 1) -> PretrainData:
     """The training data of one rank: keyed batches, deterministic views and masks, bad files replaced.
 
     ``bad_file_dir``: where unreadable-file records go (e.g. the run folder; default: a temporary folder).
     ``device``: the training device; memory is pinned only for CUDA (and when ``data.pin_memory``).
+    ``accum_steps``: micro-batches of ``data.batch_size`` per rank and step (gradient accumulation): the loader
+    then yields that many batches per step, which together with the other ranks' make up the step's global batch
+    (see :class:`~openjepa.data.sampler.KeyedBatchSampler`).
     """
     channels = check_channels(model_cfg)
     grid = _patch_grid(model_cfg)
     full = build_source(data_cfg, "train")
     source = limit_samples(full, data_cfg.max_samples)
-    global_batch = data_cfg.batch_size * world_size
+    global_batch = data_cfg.batch_size * world_size * accum_steps
     if len(source) < global_batch:
+        accumulated = f" x {accum_steps} accumulated micro-batches" if accum_steps > 1 else ""
         raise DataError(
             f"the {source.name} training split has {len(source)} images, fewer than one global batch "
-            f"(data.batch_size={data_cfg.batch_size} x {world_size} process(es) = {global_batch}); lower "
-            f"data.batch_size to at most {max(1, len(source) // world_size)}"
+            f"(data.batch_size={data_cfg.batch_size} x {world_size} process(es){accumulated} = {global_batch}); "
+            + (f"lower data.global_batch (or optim.accum_steps) so that at most {len(source)} images make a step"
+               if accum_steps > 1 else f"lower data.batch_size to at most {max(1, len(source) // world_size)}")
             + (" or raise data.max_samples" if len(source) < len(full) else " or add images")
         )
     mean, std = normalisation(data_cfg, source, channels)
@@ -132,17 +140,19 @@ def build_pretrain_loader(data_cfg: DataConfig, model_cfg: ModelConfig, mask_cfg
     workers = data_cfg.num_workers if data_cfg.num_workers is not None else auto_num_workers(source, world_size)
     if data_cfg.dataset == "shards":
         return _shard_loader(dataset, data_cfg, collate, workers, world_size, rank, seed,
-                             wants_pinned(data_cfg, device), mean, std)
+                             wants_pinned(data_cfg, device), mean, std, accum_steps)
     loader, sampler = keyed_loader(dataset, data_cfg.batch_size, world_size, rank, seed, collate, workers,
-                                   wants_pinned(data_cfg, device))
-    return PretrainData(loader, sampler, dataset, len(sampler), tracker, mean, std, workers)
+                                   wants_pinned(data_cfg, device), accum_steps)
+    return PretrainData(loader, sampler, dataset, sampler.steps_per_epoch, tracker, mean, std, workers, accum_steps)
 
 
 def keyed_loader(dataset: PretrainDataset, batch_size: int, world_size: int, rank: int, seed: int,
-                 collate: Callable, workers: int, pin_memory: bool) -> tuple[DataLoader, KeyedBatchSampler]:
+                 collate: Callable, workers: int, pin_memory: bool,
+                 accum_steps: int = 1) -> tuple[DataLoader, KeyedBatchSampler]:
     """The loader of one rank's keyed batches of ``dataset`` (pretraining's and fine-tuning's), and its sampler:
-    each sample's view depends only on ``(seed, epoch, index)`` and the batch order only on ``(seed, epoch)``."""
-    sampler = KeyedBatchSampler(len(dataset), batch_size, world_size, rank, seed)
+    each sample's view depends only on ``(seed, epoch, index)`` and the batch order only on ``(seed, epoch)``;
+    ``accum_steps`` micro-batches per step."""
+    sampler = KeyedBatchSampler(len(dataset), batch_size, world_size, rank, seed, accum_steps=accum_steps)
     loader = DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
         persistent_workers=workers > 0,  # safe: epoch and step travel inside the keys, not in worker state
@@ -177,10 +187,10 @@ def folder_of(source: ImageSource) -> Path | None:
 
 def _shard_loader(dataset: PretrainDataset, data_cfg: DataConfig, collate: MaskCollator, workers: int,
                   world_size: int, rank: int, seed: int, pin_memory: bool, mean: tuple[float, ...],
-                  std: tuple[float, ...]) -> PretrainData:
+                  std: tuple[float, ...], accum_steps: int = 1) -> PretrainData:
     """The :class:`PretrainData` of ``data.dataset=shards``: a :class:`~openjepa.data.shards.ShardStream` in place
     of the keyed batch sampler."""
-    stream = ShardStream(dataset, data_cfg.batch_size, world_size, rank, seed, data_cfg.shuffle_buffer)
+    stream = ShardStream(dataset, data_cfg.batch_size, world_size, rank, seed, data_cfg.shuffle_buffer, accum_steps)
     for problem in stream.shards.problems:  # damaged shards and labels: reported with the unreadable images
         dataset.bad_files.record(problem.path, problem.reason)
     loader = DataLoader(
@@ -189,4 +199,5 @@ def _shard_loader(dataset: PretrainDataset, data_cfg: DataConfig, collate: MaskC
         # keys travel with each batch request instead, which an iterable dataset has no way to receive).
         persistent_workers=False, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
     )
-    return PretrainData(loader, stream, dataset, len(stream), dataset.bad_files, mean, std, workers)
+    return PretrainData(loader, stream, dataset, stream.steps_per_epoch, dataset.bad_files, mean, std, workers,
+                        accum_steps)

@@ -5,32 +5,34 @@
 (:mod:`openjepa.data.shard_index`).
 
 **Training** uses :class:`ShardStream`, which reads each shard front to back. How an epoch is split, for
-``world_size`` ranks with ``W`` DataLoader workers each (``W = 1`` without workers), ``B`` images per rank and step
-and ``G = B * world_size``:
+``P = world_size`` ranks with ``W`` DataLoader workers each (``W = 1`` without workers), ``B`` images per rank and
+micro-batch, ``A`` micro-batches per step (gradient accumulation; ``A = 1`` without) and ``G = B * P * A``:
 
 1. The epoch's sequence is the shards in an order drawn from ``(seed, epoch)``, each shard's samples in stored
    order. It has ``S = N // G`` steps; the last ``N - S * G`` samples of the sequence (fewer than ``G``, from the
    shard that comes last that epoch) are left out, as the folder loader drops its incomplete last batch.
-2. Rank ``r`` gets the contiguous part ``[r * S * B, (r + 1) * S * B)`` of the sequence. Worker ``w`` of the rank
-   produces the rank's steps ``w, w + W, w + 2W, ...`` (the order in which a DataLoader collects batches from its
-   workers), so it gets the next ``B * len(range(w, S, W))`` samples of the rank's part. Every sample of the
+2. Rank ``r`` gets the contiguous part ``[r * S * A * B, (r + 1) * S * A * B)`` of the sequence: ``S * A``
+   micro-batches, numbered ``u = s * A + a`` (step ``s``, micro-batch ``a``). Worker ``w`` of the rank produces the
+   rank's micro-batches ``w, w + W, w + 2W, ...`` (the order in which a DataLoader collects batches from its
+   workers), so it gets the next ``B * len(range(w, S * A, W))`` samples of the rank's part. Every sample of the
    epoch's sequence is therefore read by exactly one worker of one rank, and every rank makes exactly ``S`` steps
    (DDP needs equal step counts). A part is a byte range of one or a few shards: shards are split between
    workers at sample boundaries, so fewer shards than ``world_size * W`` workers still need no duplicated reads.
 3. Each worker reads its samples in sequence through a shuffle buffer of ``data.shuffle_buffer`` samples (a full
    buffer emits a random one of its samples per sample read; the draws come from ``(seed, epoch, rank,
-   worker)``). Its emitted samples, ``B`` at a time, form its steps.
+   worker)``). Its emitted samples, ``B`` at a time, form its micro-batches.
 
 Keys are exact: every sample has a stable number in the index, its crop is drawn from ``(seed, epoch, number)``
-and its :class:`~openjepa.data.sampler.SampleKey` is ``(epoch, step, j * world_size + rank, G)`` -- the same key the
-folder loader gives the ``j``-th image of a rank's step. Masks are therefore the same pure function of
-``(seed, epoch, step)`` as for folders. Which images make up a step depends on ``world_size`` and ``W`` (the
-folder loader's does not), so an exactly resumed epoch needs the same number of processes and workers; with
-other numbers the interrupted epoch's remaining steps are planned anew for the new layout (some of its samples
-may then be read twice or not at all; later epochs are complete).
+and its :class:`~openjepa.data.sampler.SampleKey` is ``(epoch, s, j * P * A + a * P + r, G)`` -- the same key the
+folder loader gives the ``j``-th image of micro-batch ``a`` of a rank's step ``s`` (micro-batch ``a`` of rank
+``r`` plays the virtual rank ``a * P + r``). Masks are therefore the same pure function of ``(seed, epoch, step)``
+as for folders. Which images make up a step depends on ``P``, ``A`` and ``W`` (the folder loader's does not), so
+an exactly resumed epoch needs the same numbers of processes, micro-batches and workers; with other numbers the
+interrupted epoch's remaining steps are planned anew for the new layout (some of its samples may then be read
+twice or not at all; later epochs are complete).
 
-Resuming at step ``k`` skips, in each worker, the samples its first steps would have used without reading them
-(the shuffle buffer's order is computed from the random draws alone, before any byte is read).
+Resuming at step ``k`` skips, in each worker, the samples its first micro-batches would have used without reading
+them (the shuffle buffer's order is computed from the random draws alone, before any byte is read).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import DataError
-from .sampler import SampleKey
+from .sampler import SampleKey, virtual_rank
 from .bad_files import format_unreadable
 from .base import ImageSource, SubsetSource
 from .datasets import PretrainDataset
@@ -170,29 +172,37 @@ def emission_order(count: int, buffer: int, rng: np.random.Generator) -> np.ndar
 class ShardStream(IterableDataset):
     """Keyed training batches of one rank read sequentially from tar shards (see the module docstring).
 
-    Each item is one step's list of ``(image, label, SampleKey)`` samples; pass it to a ``DataLoader`` with
-    ``batch_size=None`` and ``collate_fn=MaskCollator(...)``. Like :class:`KeyedBatchSampler` it has
-    :meth:`set_epoch`, :meth:`set_start_step` and ``len()`` (steps per epoch). Use non-persistent workers: each
-    epoch's workers are started with the epoch and start step set here.
+    Each item is one micro-batch's list of ``(image, label, SampleKey)`` samples (``accum_steps`` of them per step,
+    in order); pass it to a ``DataLoader`` with ``batch_size=None`` and ``collate_fn=MaskCollator(...)``. Like
+    :class:`KeyedBatchSampler` it has :meth:`set_epoch`, :meth:`set_start_step`, ``steps_per_epoch`` and ``len()``
+    (micro-batches per epoch). Use non-persistent workers: each epoch's workers are started with the epoch and
+    start step set here.
     """
 
     def __init__(self, dataset: PretrainDataset, batch_size_per_rank: int, world_size: int = 1, rank: int = 0,
-                 seed: int = 0, shuffle_buffer: int = 1000):
+                 seed: int = 0, shuffle_buffer: int = 1000, accum_steps: int = 1):
         base = shard_base(dataset.source)
         if base is None:
             raise TypeError(f"ShardStream needs a dataset over shards, got {dataset.source!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        if accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
         self.dataset = dataset
         self.shards, self.numbers = base
         self.sample_shard = self.shards.index.shard[self.numbers]  # non-decreasing: numbers follow shard order
         self.batch_size = batch_size_per_rank
-        self.world_size, self.rank, self.seed = world_size, rank, seed
-        self.global_batch = batch_size_per_rank * world_size
+        self.world_size, self.rank, self.seed, self.accum_steps = world_size, rank, seed, accum_steps
+        self.global_batch = batch_size_per_rank * world_size * accum_steps
         self.shuffle_buffer = shuffle_buffer
         self.steps = len(self.numbers) // self.global_batch
+        self.units = self.steps * accum_steps  # micro-batches per rank and epoch
         self.epoch = 0
         self.start_step = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.steps
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -204,7 +214,8 @@ class ShardStream(IterableDataset):
         self.start_step = step
 
     def __len__(self) -> int:
-        return self.steps
+        """Micro-batches per epoch (``steps_per_epoch x accum_steps``): what a DataLoader yields."""
+        return self.units
 
     # -- the plan (pure functions of seed, epoch, rank, worker) -----------------------------------------------------
     def sequence(self, epoch: int) -> np.ndarray:
@@ -214,19 +225,20 @@ class ShardStream(IterableDataset):
         bounds = np.searchsorted(self.sample_shard, np.arange(shards + 1))
         return np.concatenate([np.arange(bounds[s], bounds[s + 1], dtype=np.int64) for s in order])
 
-    def worker_steps(self, workers: int, worker: int) -> range:
-        """The steps of an epoch that worker ``worker`` of ``workers`` produces."""
-        return range(worker, self.steps, workers)
+    def worker_units(self, workers: int, worker: int) -> range:
+        """The micro-batches (``step * accum_steps + micro-batch``) of an epoch that worker ``worker`` of ``workers``
+        produces."""
+        return range(worker, self.units, workers)
 
     def worker_samples(self, epoch: int, workers: int, worker: int) -> np.ndarray:
         """The samples (dataset indices, in reading order) that worker ``worker`` of this rank reads in ``epoch``."""
-        start = self.rank * self.steps * self.batch_size
-        start += self.batch_size * sum(len(self.worker_steps(workers, w)) for w in range(worker))
-        return self.sequence(epoch)[start:start + self.batch_size * len(self.worker_steps(workers, worker))]
+        start = self.rank * self.units * self.batch_size
+        start += self.batch_size * sum(len(self.worker_units(workers, w)) for w in range(worker))
+        return self.sequence(epoch)[start:start + self.batch_size * len(self.worker_units(workers, worker))]
 
     def worker_order(self, epoch: int, workers: int, worker: int) -> np.ndarray:
         """Positions (into :meth:`worker_samples`) in the order the shuffle buffer emits them."""
-        count = self.batch_size * len(self.worker_steps(workers, worker))
+        count = self.batch_size * len(self.worker_units(workers, worker))
         rng = np.random.default_rng(_entropy(self.seed, epoch, self.rank, worker, BUFFER_STREAM))
         return emission_order(count, self.shuffle_buffer, rng)
 
@@ -237,8 +249,8 @@ class ShardStream(IterableDataset):
         epoch, batch = self.epoch, self.batch_size
         samples = self.worker_samples(epoch, workers, worker)
         order = self.worker_order(epoch, workers, worker)
-        steps = self.worker_steps(workers, worker)
-        done = len(range(worker, self.start_step, workers))  # this worker's steps before the start step
+        units = self.worker_units(workers, worker)
+        done = len(range(worker, self.start_step * self.accum_steps, workers))  # its micro-batches before the start
         skip = done * batch
         emitted_at = np.empty(len(order), dtype=np.int64)
         emitted_at[order] = np.arange(len(order))
@@ -254,7 +266,7 @@ class ShardStream(IterableDataset):
                 pending.append((int(samples[out]), held.pop(out)))
                 next_out += 1
                 if len(pending) == batch:
-                    yield self._batch(epoch, steps[done], pending)
+                    yield self._batch(epoch, units[done], pending)
                     done += 1
                     pending = []
 
@@ -264,10 +276,12 @@ class ShardStream(IterableDataset):
         except UnreadableImage:
             return None  # the dataset meets the error again when it opens the sample, records it and replaces it
 
-    def _batch(self, epoch: int, step: int, samples: list[tuple[int, bytes | None]]) -> list[tuple]:
+    def _batch(self, epoch: int, unit: int, samples: list[tuple[int, bytes | None]]) -> list[tuple]:
+        step, micro = divmod(unit, self.accum_steps)
+        v, stride = virtual_rank(micro, self.rank, self.world_size), self.world_size * self.accum_steps
         items = []
         for j, (index, data) in enumerate(samples):
-            key = SampleKey(epoch, step, j * self.world_size + self.rank, self.global_batch)
+            key = SampleKey(epoch, step, j * stride + v, self.global_batch)
             with self.shards.providing(int(self.numbers[index]), data):
                 items.append(self.dataset[(index, key)])
         return items

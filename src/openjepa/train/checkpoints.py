@@ -13,12 +13,12 @@ from ..checkpoint import (
     NORMALISATION_KEY,
     add_prefix,
     is_official_checkpoint,
-    load_checkpoint,
     load_strict,
     misfits,
     save_checkpoint,
     strip_prefix,
 )
+from ..checkpoint_writer import load_checkpoint_mmap
 from ..errors import CheckpointError
 from ..ijepa import IJEPA
 from ..resume_state import load_optimizer_state, resumable_state
@@ -44,8 +44,17 @@ class Position:
         return Position(self.epoch + 1, 0, self.global_step)
 
 
+# How the random state of a run is kept. Masks and crops come from generators seeded by (seed, epoch, step,
+# sample); the global generator, which drives drop-path, is seeded before every micro-batch from (seed, step,
+# virtual rank) by the trainer. No random state has to travel in a pretraining checkpoint for an exact resume, on
+# any number of processes; the entry records the scheme (checkpoints of earlier versions hold process 0's generator
+# state, which resuming no longer needs).
+RNG_SCHEME = {"scheme": "seeded per micro-batch from (train.seed, step, virtual rank)"}
+
+
 def rng_state() -> dict[str, Any]:
-    """The global random generators' state (CPU, and every CUDA device), as tensors a checkpoint can hold."""
+    """This process's global generator states (CPU and CUDA), as tensors a checkpoint can hold, for a loop that
+    carries them in its checkpoints (fine-tuning; pretraining does not: see ``RNG_SCHEME``)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -53,11 +62,9 @@ def rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any] | None) -> None:
-    """Put back the generators' state of :func:`rng_state` (CUDA only on a machine with as many devices).
-
-    Masks and crops come from generators seeded by (seed, epoch, step); the global generator only drives
-    drop-path, which is why restoring it is enough for an exact resume."""
-    if not state:
+    """Put back the generators' state of :func:`rng_state` (CUDA only on a machine with as many devices); nothing
+    for a checkpoint without generator states."""
+    if not state or "torch" not in state:
         return
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -76,11 +83,13 @@ def training_state(
     normalisation: dict[str, list[float]] | None = None,
     provenance: dict[str, str] | None = None,
     precision: dict[str, Any] | None = None,
+    accum_steps: int = 1,
 ) -> dict[str, Any]:
     """The checkpoint dict: the released layout (``module.``-prefixed state dicts, ``opt``, ``epoch``...) plus
     openjepa's exact-resume fields, the input normalisation the weights were trained with, the precision the run
     resolved to (``train.precision`` may say ``auto``), and (for runs that started from released weights) their
-    ``license`` and ``source``, which exports carry on."""
+    ``license`` and ``source``, which exports carry on. ``batch_size`` is per process and micro-batch, as in the
+    released files; ``accum_steps`` and ``global_batch`` (``batch_size x world_size x accum_steps``) complete it."""
     return {
         **(provenance or {}),
         NORMALISATION_KEY: normalisation,
@@ -93,11 +102,13 @@ def training_state(
         "loss": float(loss),
         "batch_size": batch_size,
         "world_size": world_size,
+        "accum_steps": accum_steps,
+        "global_batch": batch_size * world_size * accum_steps,
         "lr": float(config["optim"]["lr"]),
         "step": position.global_step,
         "step_in_epoch": position.step_in_epoch,
         "config": config,
-        "rng": rng_state(),
+        "rng": dict(RNG_SCHEME),
         "precision": precision,
         "openjepa_version": __version__,
     }
@@ -105,11 +116,12 @@ def training_state(
 
 def first_non_finite(model: torch.nn.Module) -> str | None:
     """The name of the first parameter holding a NaN or inf, or None when every weight is finite: checked before
-    a checkpoint is written, so that a diverged update never replaces a good checkpoint."""
-    for name, param in model.named_parameters():
-        if not bool(torch.isfinite(param).all()):
-            return name
-    return None
+    a checkpoint is written, so that a diverged update never replaces a good checkpoint (one host sync)."""
+    named = list(model.named_parameters())
+    if not named:
+        return None
+    finite = torch.stack([torch.isfinite(param).all() for _, param in named]).tolist()
+    return next((name for (name, _), ok in zip(named, finite) if not ok), None)
 
 
 def save_training_state(state: dict[str, Any], run_dir: Path, keep_epoch: int | None = None) -> Path:
@@ -132,11 +144,14 @@ def restore_training_state(
     scaler: torch.amp.GradScaler | None,
     steps_per_epoch: int,
 ) -> tuple[Position, dict[str, Any]]:
-    """Load weights, optimizer, scaler and RNG state; return where to continue and the raw checkpoint.
+    """Load weights, optimizer and scaler state; return where to continue and the raw checkpoint.
 
-    Released checkpoints (no ``step``) resume at the start of the epoch after their ``epoch`` count.
+    The file is read through a memory map (:func:`~openjepa.checkpoint_writer.load_checkpoint_mmap`): tensors
+    are read from the page cache as they are copied into the model, and the processes of a machine share those
+    pages instead of each holding the whole file. Released checkpoints (no ``step``) resume at the start of the
+    epoch after their ``epoch`` count.
     """
-    state = load_checkpoint(path)
+    state = load_checkpoint_mmap(path)
     for key in ("encoder", "predictor", "target_encoder"):
         if key not in state:
             raise CheckpointError(f"{path} is not an I-JEPA training checkpoint: it has no '{key}' entry")
@@ -149,7 +164,6 @@ def restore_training_state(
         load_optimizer_state(optimizer, state["opt"], str(path))
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state.get("rng"))
     epoch = int(state.get("epoch", 0))
     step_in_epoch = int(state.get("step_in_epoch", 0))
     global_step = int(state.get("step", epoch * steps_per_epoch + step_in_epoch))

@@ -3,7 +3,7 @@ model that cannot be built (a run folder that holds another run: :func:`openjepa
 
 from __future__ import annotations
 
-from ..config import RunConfig
+from ..config import RunConfig, accumulation_steps
 from ..errors import UserError
 from ..ijepa import IJEPA, build_ijepa
 from ..masks import build_mask_sampler
@@ -14,8 +14,8 @@ PREFLIGHT_MASK_BATCHES = 4  # masks drawn for the first batches before training,
 
 
 def check_settings(config: RunConfig, world_size: int) -> None:
-    """The patch grid, the model's shapes, and whether the masks can be drawn at all (the first batches' own
-    masks: a failure now is a failure later)."""
+    """The patch grid, the model's shapes, the batch sizes, and whether the masks can be drawn at all (the first
+    batches' own masks: a failure now is a failure later)."""
     m = config.model
     height, width = to_2tuple(m.img_size)
     if m.patch_size < 1:
@@ -31,7 +31,7 @@ def check_settings(config: RunConfig, world_size: int) -> None:
         )
     grid = (height // m.patch_size, width // m.patch_size)
     sampler = build_mask_sampler(grid, config.mask)  # raises MaskSamplingError for impossible settings
-    global_batch = config.data.batch_size * world_size
+    global_batch = config.data.batch_size * world_size * accumulation_steps(config, world_size)
     for step in range(PREFLIGHT_MASK_BATCHES):
         sampler.sample(global_batch, seeded_generator(config.train.seed, 0, step))
 

@@ -15,8 +15,8 @@ from ..errors import UserError
 from .autoprecision import resolve_precision
 
 if TYPE_CHECKING:
-    from ..speed_probe import ProbeShapes
     from ..precision import PrecisionChoice
+    from ..speed_probe import ProbeShapes
 
 
 @dataclass
@@ -129,6 +129,17 @@ def on_process_0(work: Callable[[], object], runtime: Runtime, errors: tuple[typ
             error = exc
     if any_process(error is not None, runtime):
         raise error or UserError(elsewhere)
+
+
+def same_on_every_process(value: int, runtime: Runtime) -> bool:
+    """Whether every process holds the same integer ``value`` (e.g. the step it resumed from)."""
+    if not runtime.distributed:
+        return True
+    device = runtime.device if runtime.device.type == "cuda" else "cpu"
+    low, high = (torch.tensor([int(value)], dtype=torch.int64, device=device) for _ in range(2))
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(low.item() == high.item())
 
 
 def barrier(runtime: Runtime) -> None:

@@ -13,18 +13,22 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 
 class StopRequest:
-    """Context manager that turns the first SIGTERM/SIGINT into ``requested = True``."""
+    """Context manager that turns the first SIGTERM/SIGINT into ``requested = True`` (``requested_at``: when, on
+    ``time.monotonic``'s clock). Later SIGTERMs change nothing (under SLURM a worker may get one from the scheduler
+    and one from torchrun); a SIGINT after the first request stops at once."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
+        self.requested_at: float | None = None
         self.signal: int | None = None
         self._previous: dict[int, object] = {}
         self._owner = os.getpid()
@@ -37,7 +41,9 @@ class StopRequest:
             return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # the user insists
-        self.requested = True
+        if self.requested:
+            return
+        self.requested, self.requested_at = True, time.monotonic()
         self.signal = signum
         name = signal.Signals(signum).name
         try:

@@ -3,30 +3,40 @@
 ``Trainer(config, runtime)`` builds everything a run needs and writes nothing; :meth:`Trainer.run` trains::
 
     for epoch:
-        for batch:
+        for the step's micro-batches (optim.accum_steps of them; 1 without gradient accumulation):
             lr, wd, momentum = schedules.at(step)          once per step
-            train_step(...)                                 one host sync: loss, stop request, deadline
-            log the step; stop if a stop reason came up
-        checkpoint, online monitor, curves.png
+            accumulated_step(...)                           one host sync: loss, stop request, deadline, saves
+            log the step; stop if a stop reason came up; a checkpoint when train.checkpoint_minutes passed
+        checkpoint (in the background), online monitor, curves.png
+    stopped: a last checkpoint (no second host copy), then wait for it (train.stop_grace_seconds after a signal)
 
 The loop's only exit conditions are the epochs running out and a stop reason (a value: ``interrupted``,
-``time_limit``, ``max_steps``); a NaN loss is skipped (``train.skip_nonfinite``) or ends the run with an error.
+``time_limit``, ``max_steps``); a NaN loss is skipped (``train.skip_nonfinite``) or ends the run with an error, and
+so does a checkpoint that could not be written (on every process together).
+
+Random layers (drop-path) draw from the global torch generator, which is seeded before every micro-batch from
+``(train.seed, step, virtual rank)`` (see :func:`micro_batch_seeds`): with masks and crops already pure functions of
+``(seed, epoch, step, sample)``, a run is then a pure function of its settings and step, on every process, and a
+resumed run needs no random state from the checkpoint.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import RunConfig
+from ..config import RunConfig, accumulation_steps
 from ..cpu_allocator import keep_freed_memory
 from ..data.collate import MaskedBatch
 from ..data.loader import build_pretrain_loader
+from ..data.sampler import virtual_rank
 from ..errors import CheckpointError, UserError
 from ..ijepa import IJEPA
 from ..run_folder import (
@@ -38,7 +48,8 @@ from ..run_folder import (
     save_run_config,
 )
 from ..schedules import Schedules
-from ..step import NonFiniteLossError, StepResult, make_optimizer, train_step
+from ..seeding import seed_from
+from ..step import NonFiniteLossError, StepResult, accumulated_step, make_optimizer
 from ..viz.run import save_run_plot
 from .autoprecision import run_probe_shapes
 from .checkpoints import (
@@ -46,16 +57,26 @@ from .checkpoints import (
     first_non_finite,
     provenance_of,
     restore_training_state,
-    save_training_state,
     training_state,
 )
 from .evaluation import RunMonitor
 from .preflight import build_model, check_settings
 from .progress import Progress
 from .run_log import RunLog
-from .runtime import Runtime, barrier, exchange, on_process_0, setup_runtime, shutdown_runtime
+from .runtime import (
+    Runtime,
+    any_process,
+    barrier,
+    exchange,
+    same_on_every_process,
+    setup_runtime,
+    shutdown_runtime,
+)
+from .saving import RunCheckpoints
 from .shell import loop_shell
-from .stopping import COMPLETED, limit_reached, past_deadline, stop_reason
+from .stopping import COMPLETED, INTERRUPTED, limit_reached, past_deadline, stop_reason
+
+DROP_PATH_STREAM = 0x44524F50  # keeps the per-micro-batch seeds apart from every other seeded stream
 
 
 class TrainingDiverged(UserError):
@@ -71,6 +92,36 @@ class PretrainResult:
     signal: int | None = None
     final_line: str | None = None
     bad_files: int = 0
+    saved_step: int | None = None  # the step of jepa-latest.pth.tar (behind position when the last save timed out)
+
+
+class StepFlags(NamedTuple):
+    """What the processes tell each other with each step's one host sync (true on all if true on any)."""
+
+    stop: bool = False  # a stop signal reached a process
+    late: bool = False  # train.max_minutes ran out
+    save_due: bool = False  # train.checkpoint_minutes passed since the last save (process 0's clock)
+    save_failed: bool = False  # process 0's background checkpoint write failed
+
+
+def micro_batch_seeds(seed: int, step: int, rank: int, world_size: int, accum_steps: int) -> list[int]:
+    """The global generator's seed for each micro-batch of a step on process ``rank``: a hash of ``(seed, step,
+    virtual rank)`` (micro-batch ``a`` plays rank ``a x world_size + rank``), so that drop-path noise depends on
+    where a micro-batch sits in training only, and is the same for every split of the global batch into processes
+    x micro-batches with the same product."""
+    return [seed_from(seed, step, virtual_rank(a, rank, world_size), DROP_PATH_STREAM) for a in range(accum_steps)]
+
+
+def steps_of(micro_batches: Iterable[MaskedBatch], accum_steps: int) -> Iterator[list[MaskedBatch]]:
+    """The loader's micro-batches grouped by step (``accum_steps`` consecutive ones)."""
+    group: list[MaskedBatch] = []
+    for batch in micro_batches:
+        group.append(batch)
+        if len(group) == accum_steps:
+            yield group
+            group = []
+    if group:
+        raise RuntimeError(f"the loader's epoch ended inside a step ({len(group)} of {accum_steps} micro-batches)")
 
 
 def pretrain(config: RunConfig, resume: str | Path | None = None, overwrite: bool = False) -> PretrainResult:
@@ -99,10 +150,11 @@ class Trainer:
             keep_freed_memory()  # reuse the heap from step to step instead of faulting activations in again
         check_settings(config, runtime.world_size)
         refuse_to_mix_runs(self.run_dir, resume, overwrite)
+        self.accum_steps = accumulation_steps(config, runtime.world_size)
         torch.manual_seed(config.train.seed)  # the same initial weights on every process
         self.data = build_pretrain_loader(
             config.data, config.model, config.mask, config.train.seed, runtime.rank, runtime.world_size,
-            bad_file_dir=self.run_dir, device=runtime.device,
+            bad_file_dir=self.run_dir, device=runtime.device, accum_steps=self.accum_steps,
         )
         self.steps_per_epoch = self.data.steps_per_epoch
         self.model: IJEPA = build_model(config).to(runtime.device)
@@ -119,15 +171,32 @@ class Trainer:
                 resume, self.model, self.optimizer, self.scaler, self.steps_per_epoch
             )
             self.provenance = provenance_of(resumed)
-        else:
-            torch.manual_seed(config.train.seed + 1 + runtime.rank)  # drop-path noise differs across processes
+        self._check_same_position(resume)
         self.net = self._wrap(self.model)
-        self.global_batch = config.data.batch_size * runtime.world_size
+        self.global_batch = config.data.batch_size * runtime.world_size * self.accum_steps
         self.monitor = self._build_monitor() if runtime.is_main else None
-        self.saved_step: int | None = self.position.global_step if resume is not None else None
+        self.checkpoints = RunCheckpoints(self.run_dir, runtime.is_main, runtime.device,
+                                          self.position.global_step if resume is not None else None)
         self.log: RunLog | None = None  # opened by run(), on process 0
         self.skipped_batches = 0
-        self.stop_flags = [False, False]  # [stop requested, deadline passed] on any process, as of the last step
+        self.flags = StepFlags()  # as of the last step
+        self.stop_seen: float | None = None  # when process 0 learned that the run stops (time.monotonic)
+
+    def _check_same_position(self, resume: Path | None) -> None:
+        """Every process must start from the same step: with ``train.out_dir`` on a disk that not all of them see,
+        some would resume (``--auto-resume`` decides on each process) and others start afresh, and training would
+        silently diverge."""
+        if not same_on_every_process(self.position.global_step, self.rt):
+            where = f"step {self.position.global_step} from {resume}" if resume is not None else "a new run"
+            raise CheckpointError(
+                f"the processes of this run resumed from different steps (this one: {where}): train.out_dir (or "
+                f"the --resume path) must be on a file system that every node sees, holding the same files"
+            )
+
+    @property
+    def saved_step(self) -> int | None:
+        """The step of the newest complete checkpoint."""
+        return self.checkpoints.saved_step
 
     def _schedules(self) -> Schedules:
         o = self.cfg.optim
@@ -165,38 +234,43 @@ class Trainer:
         self.progress = Progress(planned_steps, self.position.global_step, cfg.optim.epochs, rt.is_main,
                                  cfg.train.log_every, cfg.train.progress_seconds)
         self.started = time.monotonic()
+        self.checkpoints.last_start = self.started
+        self.checkpoints.report = self.progress.write
         first_step, last_loss = self.position.global_step, math.nan
         reason = limit_reached(cfg.train, self.position.global_step)  # a run resumed at its limit takes no step
         with loop_shell(self.data.loader, self.progress, self.log, self.data.bad_files, rt) as self.stop:
-            while reason is None and self.position.epoch < cfg.optim.epochs:
-                self.data.set_epoch(self.position.epoch, self.position.step_in_epoch)
-                tick = time.perf_counter()
-                for batch in self.data.loader:
-                    data_ms = (time.perf_counter() - tick) * 1e3
-                    lr, wd, momentum = self.schedules.at(self.position.global_step)
-                    out = self._step(batch, lr, wd, momentum)
-                    step_ms = (time.perf_counter() - tick) * 1e3 - data_ms
-                    self.position = self.position.after_step()
-                    if out is not None:
-                        last_loss = out.read[0]
-                        self._log_step(batch, out, lr, wd, momentum, step_ms, data_ms)
-                    reason = stop_reason(self.stop_flags, cfg.train, self.position.global_step,
-                                         self.stop.requested and not rt.distributed)
-                    if reason is not None:
-                        break
+            try:
+                while reason is None and self.position.epoch < cfg.optim.epochs:
+                    self.data.set_epoch(self.position.epoch, self.position.step_in_epoch)
                     tick = time.perf_counter()
-                else:
-                    self.position = self.position.after_epoch()
-                    self._end_of_epoch(last_loss)
-            reason = reason or COMPLETED
-            if reason != COMPLETED and (self.position.global_step > first_step or self.saved_step is None):
-                self._save(last_loss, keep=False)
-                self._plot()
-        result = PretrainResult(self.run_dir, self.position, last_loss, reason, self.stop.signal,
-                                bad_files=self.data.bad_file_count())
-        if reason == COMPLETED:
-            result.final_line = self._finish()
-        return result
+                    for batches in steps_of(self.data.loader, self.accum_steps):
+                        data_ms = (time.perf_counter() - tick) * 1e3
+                        lr, wd, momentum = self.schedules.at(self.position.global_step)
+                        out = self._step(batches, lr, wd, momentum)
+                        step_ms = (time.perf_counter() - tick) * 1e3 - data_ms
+                        self.position = self.position.after_step()
+                        if out is not None:
+                            last_loss = out.read[0]
+                            self._log_step(batches[0], out, lr, wd, momentum, step_ms, data_ms)
+                        reason = self._after_step(last_loss)
+                        if reason is not None:
+                            break
+                        tick = time.perf_counter()
+                    else:
+                        self.position = self.position.after_epoch()
+                        self._end_of_epoch(last_loss)
+                reason = reason or COMPLETED
+                if reason != COMPLETED and (self.position.global_step > first_step or self.saved_step is None):
+                    self._save(last_loss, keep=False, stopped=True, signalled=reason == INTERRUPTED)
+                    self._plot()  # while the checkpoint is written
+            except Exception:
+                if self.checkpoints.writer is not None and self.checkpoints.writer.busy:
+                    self.checkpoints.settle()  # a good checkpoint under way is worth finishing before the error
+                raise
+        final_line = self._finish() if reason == COMPLETED else None  # the final probe, while the last save runs
+        self._wait_for_checkpoint(reason)
+        return PretrainResult(self.run_dir, self.position, last_loss, reason, self.stop.signal, final_line,
+                              self.data.bad_file_count(), self.saved_step)
 
     def _open_run_dir(self) -> None:
         """Clear what an earlier attempt left behind, write ``config.yaml`` and open the logs (process 0); the
@@ -215,25 +289,55 @@ class Trainer:
         """The gradient norm is logged when clipping computes it, before the step's sync (not under fp16 scaling)."""
         return bool(self.cfg.optim.grad_clip) and self.scaler is None
 
-    def _step(self, batch: MaskedBatch, lr: float, wd: float, momentum: float) -> StepResult | None:
-        """One optimisation step; None when its loss was not finite and the batch was skipped."""
-        device = self.rt.device
-        images = batch.images.to(device, non_blocking=True)
-        ctx = batch.context.to(device, non_blocking=True)
-        tgt = batch.targets.to(device, non_blocking=True)
+    def _step(self, batches: list[MaskedBatch], lr: float, wd: float, momentum: float) -> StepResult | None:
+        """One optimisation step over the step's micro-batches; None when its loss was not finite and the step was
+        skipped."""
+        micro = [(b.images, b.context, b.targets) for b in batches]
+        seeds = micro_batch_seeds(self.cfg.train.seed, self.position.global_step, self.rt.rank, self.rt.world_size,
+                                  self.accum_steps)
         try:
-            return train_step(self.net, self.optimizer, images, ctx, tgt, lr, wd, momentum,
-                              grad_clip=self.cfg.optim.grad_clip, autocast_dtype=self.rt.autocast_dtype,
-                              scaler=self.scaler, exchange=self._exchange)
+            return accumulated_step(self.net, self.optimizer, micro, lr, wd, momentum,
+                                    grad_clip=self.cfg.optim.grad_clip, autocast_dtype=self.rt.autocast_dtype,
+                                    scaler=self.scaler, exchange=self._exchange, seeds=seeds)
         except NonFiniteLossError as exc:
             return self._non_finite(exc)
 
     def _exchange(self, values: torch.Tensor) -> list[float]:
         """The step's one host sync: its values (mean over processes) read together with this process's stop
-        request and deadline, which then hold on every process if they hold on any."""
-        late = past_deadline(self.started, self.cfg.train.max_minutes)
-        means, self.stop_flags = exchange(values, (self.stop.requested, late), self.rt)
+        request and deadline, and process 0's checkpoint news (a save due, a write that failed), which then hold
+        on every process if they hold on any."""
+        t = self.cfg.train
+        late = past_deadline(self.started, t.max_minutes)
+        saves = self.checkpoints
+        mine = StepFlags(self.stop.requested, late, saves.due(t.checkpoint_minutes), saves.failed())
+        means, flags = exchange(values, mine, self.rt)
+        self.flags = StepFlags(*flags)
         return means
+
+    def _after_step(self, loss: float) -> str | None:
+        """What the step's flags ask for: an error when a checkpoint write failed, a stop reason, or a save."""
+        self.checkpoints.poll()
+        if self.flags.save_failed:
+            self._raise_save_failure()
+        reason = self._stop_reason()
+        if reason is None and self.flags.save_due and not self._epoch_end_saves():
+            self._save(loss, keep=False)
+        return reason
+
+    def _raise_save_failure(self) -> None:
+        step = self.position.global_step
+        if self.rt.is_main:
+            self.checkpoints.wait(step)  # raises the write's error, explained
+        raise UserError(f"stopping at step {step}: process 0 could not write the checkpoint (its message says why)")
+
+    def _stop_reason(self) -> str | None:
+        """Why to stop after this step (None: go on); a request that came after the step's sync counts in a run of
+        one process, which has no other process to agree with."""
+        reason = stop_reason((self.flags.stop, self.flags.late), self.cfg.train, self.position.global_step,
+                             self.stop.requested and not self.rt.distributed)
+        if reason == INTERRUPTED:
+            self.stop_seen = self.stop_seen or time.monotonic()
+        return reason
 
     def _non_finite(self, exc: NonFiniteLossError) -> None:
         self.skipped_batches += 1
@@ -251,6 +355,7 @@ class Trainer:
         )
 
     def _last_good(self) -> str:
+        self.checkpoints.settle()  # a save under way holds good weights: let it finish, then name it
         latest = self.run_dir / LATEST
         if self.saved_step is not None and latest.exists():
             return f"the last good checkpoint is {latest} (step {self.saved_step})"
@@ -271,12 +376,23 @@ class Trainer:
         self.progress.update(pos.global_step, pos.epoch, loss, lr, ips)
 
     # -- epoch ends, checkpoints, monitoring --------------------------------------------------------------------------
-    def _end_of_epoch(self, loss: float) -> None:
-        t, epoch = self.cfg.train, self.position.epoch
+    def _saves_at_end_of(self, epoch: int) -> tuple[bool, bool]:
+        """Whether the end of ``epoch`` (counted from 1) writes the latest checkpoint, and keeps a numbered copy."""
+        t = self.cfg.train
         keep = t.keep_every > 0 and epoch % t.keep_every == 0
-        saved = epoch % max(1, t.checkpoint_every) == 0 or keep or epoch == self.cfg.optim.epochs
+        return epoch % max(1, t.checkpoint_every) == 0 or keep or epoch == self.cfg.optim.epochs, keep
+
+    def _epoch_end_saves(self) -> bool:
+        """Whether the step just taken ended its epoch, and that epoch's end writes a checkpoint anyway."""
+        pos = self.position
+        return pos.step_in_epoch >= self.steps_per_epoch and self._saves_at_end_of(pos.epoch + 1)[0]
+
+    def _end_of_epoch(self, loss: float) -> None:
+        epoch = self.position.epoch
+        saved, keep = self._saves_at_end_of(epoch)
         if saved:
-            self._save(loss, keep=keep)
+            # The last epoch's weights change no more (only the probes read them): written without a copy.
+            self._save(loss, keep=keep, stopped=epoch == self.cfg.optim.epochs)
         every = self.cfg.eval.online_every
         if every > 0 and (epoch % every == 0 or epoch == self.cfg.optim.epochs):
             self._monitor()
@@ -288,17 +404,28 @@ class Trainer:
         if self.rt.is_main:
             save_run_plot(self.run_dir, self.run_dir / CURVES_PNG)
 
-    def _save(self, loss: float, keep: bool) -> None:
-        """Write the checkpoint (process 0); every process stops together if that fails.
+    def _save(self, loss: float, keep: bool, stopped: bool = False, signalled: bool = False) -> None:
+        """Start writing the checkpoint in the background (process 0); every process stops together if that
+        cannot start (weights that are not finite, or the previous write failed).
 
         A failed write (full disk, lost mount...) stops the run rather than letting it go on for hours with no
-        safe copy of its progress; the previous checkpoint is intact, so ``--resume`` continues from it.
+        safe copy of its progress; the previous checkpoint is intact, so ``--resume`` continues from it. A write
+        that fails in the background is reported by the next step (every process learns of it in the step's
+        sync) or the next save, whichever comes first.
         """
-        on_process_0(lambda: self._write_checkpoint(loss, keep), self.rt, (CheckpointError, TrainingDiverged),
-                     f"stopping at step {self.position.global_step}: process 0 could not save the checkpoint (its "
-                     f"message says why)")
+        error: Exception | None = None
+        if self.rt.is_main:
+            try:
+                self._write_checkpoint(loss, keep, stopped, signalled)
+            except (CheckpointError, TrainingDiverged) as exc:
+                error = exc
+        else:
+            self.checkpoints.start({}, self.position.global_step)
+        if any_process(error is not None, self.rt):  # also the barrier that keeps the processes in step
+            raise error or UserError(f"stopping at step {self.position.global_step}: process 0 could not save "
+                                     f"the checkpoint (its message says why)")
 
-    def _write_checkpoint(self, loss: float, keep: bool) -> None:
+    def _write_checkpoint(self, loss: float, keep: bool, stopped: bool, signalled: bool) -> None:
         step = self.position.global_step
         bad = first_non_finite(self.model)
         if bad is not None:  # a NaN/inf update slipped past a finite loss: never let it replace a good checkpoint
@@ -310,17 +437,45 @@ class Trainer:
         state = training_state(self.model, self.optimizer, self.scaler, self.position, loss,
                                self.cfg.data.batch_size, self.rt.world_size, self.cfg.to_dict(),
                                {"mean": list(self.data.mean), "std": list(self.data.std)}, self.provenance,
-                               self.rt.precision_choice.record() if self.rt.precision_choice else None)
-        try:
-            save_training_state(state, self.run_dir, self.position.epoch if keep else None)
-        except CheckpointError as exc:
-            redo = (f"`openjepa pretrain --resume {self.run_dir}` continues from step {self.saved_step}"
-                    if self.saved_step is not None else "the run has to start again")
-            raise CheckpointError(
-                f"{exc}. Training stopped at step {step} instead of going on without a safe copy of its progress; "
-                f"free some space (or choose another train.out_dir), then {redo}"
-            ) from exc
-        self.saved_step = step
+                               self.rt.precision_choice.record() if self.rt.precision_choice else None,
+                               self.accum_steps)
+        # After a stop signal, a periodic save still under way may take no more than the grace period either.
+        self.checkpoints.start(state, step, self.position.epoch if keep else None, stopped, signalled,
+                               timeout=self._grace_left() if signalled else None)
+
+    def _wait_for_checkpoint(self, reason: str) -> None:
+        """Wait until the last checkpoint is written; after a stop signal, at most ``train.stop_grace_seconds``
+        from the stop request (then exit without it: the previous checkpoint stays in place). Every process waits,
+        so that the launcher sees them end together, learns whether the checkpoint was written, and stops with an
+        error if the write failed."""
+        error: Exception | None = None
+        written = True
+        if self.rt.is_main:
+            timeout = self._grace_left() if reason == INTERRUPTED else None
+            try:
+                written = self.checkpoints.wait(self.position.global_step, timeout)
+            except CheckpointError as exc:
+                error = exc
+            if not written:
+                print(f"openjepa: {self.checkpoints.describe_pending()} was not complete "
+                      f"{self.cfg.train.stop_grace_seconds:g} s after the stop request "
+                      f"(train.stop_grace_seconds); exiting without it: "
+                      + (f"{self.run_dir / LATEST} still holds step {self.saved_step}"
+                         if self.saved_step is not None else "no checkpoint was written"), flush=True)
+        nothing = torch.zeros(0, device=self.rt.device)
+        failed, abandoned = exchange(nothing, (error is not None, not written), self.rt)[1]
+        if failed:
+            raise error or UserError(f"stopping at step {self.position.global_step}: process 0 could not write "
+                                     f"the checkpoint (its message says why)")
+        if not self.rt.is_main:
+            self.checkpoints.conclude(written=not abandoned)
+
+    def _grace_left(self) -> float | None:
+        grace = self.cfg.train.stop_grace_seconds
+        if grace is None:
+            return None
+        since = min(t for t in (self.stop.requested_at, self.stop_seen, time.monotonic()) if t is not None)
+        return max(0.0, grace - (time.monotonic() - since))
 
     def _monitor(self) -> None:
         if self.monitor is not None:
@@ -347,8 +502,9 @@ class Trainer:
         print(
             f"openjepa pretrain: {m.arch} (width {enc.embed_dim}, depth {enc.depth}, patch {m.patch_size}, "
             f"{m.img_size}px, {params / 1e6:.2f}M params; predictor {pred / 1e6:.2f}M) on {d.dataset} "
-            f"({len(self.data.dataset)} images), batch {d.batch_size} x {self.rt.world_size} process(es), "
-            f"{self.steps_per_epoch} steps/epoch x {self.cfg.optim.epochs} epochs = {planned_steps} steps, "
+            f"({len(self.data.dataset)} images), batch {d.batch_size} x {self.rt.world_size} process(es)"
+            + (f" x {self.accum_steps} micro-batches = {self.global_batch} per step" if self.accum_steps > 1 else "")
+            + f", {self.steps_per_epoch} steps/epoch x {self.cfg.optim.epochs} epochs = {planned_steps} steps, "
             f"{self.rt.describe()} -> {self.run_dir}"
             + (f"; resuming at step {self.position.global_step}" if self.position.global_step else ""),
             flush=True,

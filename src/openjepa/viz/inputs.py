@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RunConfig
+from ..config import RunConfig, accumulation_steps
 from ..config_sections import DataConfig
 from ..data.loader import build_eval_dataset, build_pretrain_loader, check_channels, normalisation
 from ..errors import UserError
@@ -67,12 +67,14 @@ def eval_images(data: DataConfig, config: RunConfig, split: str, count: int, see
 def training_batch(config: RunConfig, epoch: int = 0, step: int = 0, count: int | None = None
                    ) -> tuple[ImageBatch, BlockMasks]:
     """The images (random crops included) and masks of training step ``step`` of epoch ``epoch`` exactly as a
-    single-process run of ``config`` draws them (first ``count`` images of the batch)."""
+    single-process run of ``config`` draws them (first ``count`` images of the step's first micro-batch)."""
     data = replace(config.data, num_workers=0, pin_memory=False)  # one batch: no worker processes
-    loaded = build_pretrain_loader(data, config.model, config.mask, config.train.seed)
+    loaded = build_pretrain_loader(data, config.model, config.mask, config.train.seed,
+                                   accum_steps=accumulation_steps(config, 1))
     if step >= loaded.steps_per_epoch:
         raise UserError(f"step {step} is past the end of an epoch ({loaded.steps_per_epoch} steps of "
-                        f"{config.data.batch_size} images); choose --step below {loaded.steps_per_epoch}")
+                        f"{config.data.batch_size * loaded.accum_steps} images); choose --step below "
+                        f"{loaded.steps_per_epoch}")
     loaded.set_epoch(epoch, step)
     batch = next(iter(loaded.loader))
     n = len(batch.images) if count is None else min(count, len(batch.images))

@@ -33,10 +33,12 @@ def patch_grid_of(config: RunConfig) -> tuple[int, int]:
 
 def training_masks(config: RunConfig, count: int, epoch: int = 0, step: int = 0, world_size: int = 1) -> BlockMasks:
     """The masks of the first ``count`` images of training step ``step`` of epoch ``epoch`` (both from 0), as the
-    training collator draws them for a global batch of ``data.batch_size * world_size`` images."""
+    training collator draws them for the global batch: ``data.global_batch`` when set, else ``data.batch_size x
+    world_size x optim.accum_steps`` images."""
     sampler = build_mask_sampler(patch_grid_of(config), config.mask)
     collator = MaskCollator(sampler, seed=config.train.seed)
-    global_batch = max(count, config.data.batch_size * world_size)
+    trained = config.data.global_batch or config.data.batch_size * world_size * (config.optim.accum_steps or 1)
+    global_batch = max(count, trained)
     keys = [SampleKey(epoch, step, position, global_batch) for position in range(count)]
     return collator.masks_for(keys, count)
 
