@@ -72,16 +72,23 @@ def test_target_encoder_gets_no_gradient_and_stays_in_eval():
 
 def test_ema_math():
     model = tiny_model()
-    with torch.no_grad():
+    with torch.no_grad():  # a student that differs from the teacher, so that any update shows
         for p in model.encoder.parameters():
             p.add_(torch.randn_like(p))
     before = [p.clone() for p in model.target_encoder.parameters()]
     model.update_target(0.9)
     for t0, t1, e in zip(before, model.target_encoder.parameters(), model.encoder.parameters()):
         assert torch.allclose(t1, 0.9 * t0 + 0.1 * e, atol=1e-6)
+    # momentum 1 (the end of the schedule) freezes the teacher: its values before the update are its values after
+    frozen = [p.clone() for p in model.target_encoder.parameters()]
+    assert any(not torch.equal(t, e) for t, e in zip(frozen, model.encoder.parameters()))
     model.update_target(1.0)
-    for t1, t2 in zip([p.clone() for p in model.target_encoder.parameters()], model.target_encoder.parameters()):
-        assert torch.equal(t1, t2)
+    for t_before, t_after in zip(frozen, model.target_encoder.parameters()):
+        assert torch.equal(t_before, t_after)
+    # momentum 0 copies the student
+    model.update_target(0.0)
+    for t, e in zip(model.target_encoder.parameters(), model.encoder.parameters()):
+        assert torch.equal(t, e)
 
 
 def test_param_groups_exclude_biases_and_1d_from_decay():
@@ -99,18 +106,36 @@ def test_param_groups_exclude_biases_and_1d_from_decay():
     assert total == len(list(model.encoder.parameters())) + len(list(model.predictor.parameters()))
 
 
-def test_loss_choice():
-    images_ctx_tgt = None
-    for loss in ["smooth_l1", "mse"]:
-        torch.manual_seed(0)
-        model = tiny_model(loss=loss)
-        images_ctx_tgt = images_ctx_tgt or batch(model)
-        preds = model.predict(*images_ctx_tgt)
-        targets, _ = model.compute_targets(images_ctx_tgt[0], images_ctx_tgt[2])
-        expected = F.mse_loss(preds, targets) if loss == "mse" else F.smooth_l1_loss(preds, targets)
-        assert torch.allclose(model(*images_ctx_tgt), expected)
+def test_criterion_against_hand_computed_values():
+    """smooth-L1 (beta 1: 0.5 d^2 below |d| = 1, |d| - 0.5 above) and MSE, averaged over every element, on tensors
+    whose loss is worked out by hand."""
+    predictions = torch.tensor([[[0.0, 0.5, 3.0], [-2.0, 0.1, 1.0]]])
+    targets = torch.tensor([[[0.0, 0.0, 0.0], [0.0, -0.1, 0.0]]])
+    # per element d = 0, 0.5, 3, -2, 0.2, 1
+    smooth = (0 + 0.125 + 2.5 + 1.5 + 0.02 + 0.5) / 6
+    squared = (0 + 0.25 + 9 + 4 + 0.04 + 1) / 6
+    assert tiny_model(loss="smooth_l1").criterion(predictions, targets).item() == pytest.approx(smooth, rel=1e-6)
+    assert tiny_model(loss="mse").criterion(predictions, targets).item() == pytest.approx(squared, rel=1e-6)
     with pytest.raises(ValueError, match="model.loss"):
         ModelConfig(loss="l1")
+
+
+@pytest.mark.parametrize("loss", ["smooth_l1", "mse"])
+def test_loss_matches_the_plain_reference_forward(loss):
+    """The model's loss against tests/reference_step.py, which recomputes the targets and predictions from the
+    weights with its own plain forward (explicit attention, one predictor pass per block)."""
+    from reference_step import reference_loss
+
+    torch.manual_seed(0)
+    model = tiny_model(loss=loss)
+    with torch.no_grad():  # a teacher that differs from the student, so that targets and predictions differ
+        for p in model.target_encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    images, ctx, tgt = batch(model)
+    with torch.no_grad():
+        ours, reference = model(images, ctx, tgt), reference_loss(model, images, ctx, tgt)
+    assert ours.item() > 0.05
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
 
 
 def test_pixel_targets_ablation():
@@ -123,11 +148,20 @@ def test_pixel_targets_ablation():
     model(images, ctx, tgt).backward()
 
 
-def test_loss_decreases_on_a_tiny_batch():
+def constant_prediction_loss(model, images, tgt) -> float:
+    """The loss of the best constant guess of the model's targets (their mean over blocks and patches): about 0 when
+    the representation has collapsed (every target the same vector), whatever the predictor does."""
+    with torch.no_grad():
+        targets, _ = model.compute_targets(images, tgt, pooled=False)
+        return model.criterion(targets.mean(dim=(0, 1), keepdim=True).expand_as(targets), targets).item()
+
+
+def test_loss_decreases_on_a_tiny_batch_without_collapse():
     torch.manual_seed(0)
     model = tiny_model()
     images, ctx, tgt = batch(model, b=8)
     opt = torch.optim.AdamW(model.param_groups(), lr=1e-3)
+    spread_before = constant_prediction_loss(model, images, tgt)
     losses = []
     for _ in range(40):
         loss = model(images, ctx, tgt)
@@ -137,6 +171,19 @@ def test_loss_decreases_on_a_tiny_batch():
         model.update_target(0.996)
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+    # ... and not because the targets stopped varying: a collapsed representation (every target alike) makes a
+    # constant guess nearly perfect; here the targets keep most of their spread around their mean.
+    assert constant_prediction_loss(model, images, tgt) > 0.5 * spread_before
+
+
+def test_constant_prediction_loss_is_near_zero_for_a_collapsed_teacher():
+    model = tiny_model()
+    images, _, tgt = batch(model, b=8)
+    assert constant_prediction_loss(model, images, tgt) > 0.02
+    with torch.no_grad():  # collapse: every patch of every image gives the same feature vector
+        model.target_encoder.norm.weight.zero_()
+        model.target_encoder.norm.bias.copy_(torch.linspace(-1, 1, model.target_encoder.norm.bias.numel()))
+    assert constant_prediction_loss(model, images, tgt) < 1e-6
 
 
 def test_schedules_values():

@@ -59,7 +59,10 @@ def test_collapse_warning_fires_on_collapse_only():
 
 # -- online monitor ---------------------------------------------------------------------------------------------------
 def tiny_vit() -> VisionTransformer:
-    return VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=4, num_heads=2)
+    # patch_embed_gain as the small-image recipes set it: with the paper's init a 4x4 grey patch barely shows
+    # through the position embeddings, and a random encoder's k-NN accuracy here swings from 0.4 to 1.0 with the seed
+    return VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=4, num_heads=2,
+                             patch_embed_gain=0.55)
 
 
 def quadrant_images(n: int, seed: int) -> TensorDataset:

@@ -193,8 +193,9 @@ def build_section(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         return cls(**kwargs)
     except ConfigError:
         raise
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"invalid '{prefix}' settings: {exc}") from exc
+    except (ValueError, TypeError) as exc:  # a message that names its key (config_ranges) needs no preamble
+        message = str(exc) if str(exc).startswith(f"{prefix}.") else f"invalid '{prefix}' settings: {exc}"
+        raise ConfigError(message) from exc
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config_ranges import check_section
+
 DATASETS = ("digits", "folder", "shards", "idx", "mnist", "fashion_mnist", "cifar10", "cifar100")
 
 
@@ -48,32 +50,7 @@ class DataConfig:
         if isinstance(self.path, (list, tuple)) and self.dataset != "shards":
             raise ValueError(f"data.path is a list, which only data.dataset=shards accepts; give one path for "
                              f"data.dataset={self.dataset}")
-        if self.shuffle_buffer < 1:
-            raise ValueError(f"data.shuffle_buffer must be >= 1 (1: no shuffling), got {self.shuffle_buffer}")
-        if self.batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
-        if self.global_batch is not None and self.global_batch < 1:
-            raise ValueError(f"data.global_batch must be >= 1 (or null), got {self.global_batch}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0 (or null for automatic), got {self.num_workers}")
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"data.crop_scale must be an increasing pair within (0, 1], got {list(self.crop_scale)}")
-        lo, hi = self.crop_ratio
-        if not 0 < lo <= hi:
-            raise ValueError(f"data.crop_ratio must be an increasing pair of positive numbers, got "
-                             f"{list(self.crop_ratio)}")
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("set both data.mean and data.std, or neither (to use the dataset's statistics)")
-        if self.mean is not None and (len(self.mean) != len(self.std) or not self.mean):
-            raise ValueError(f"data.mean and data.std must be non-empty lists of the same length, got "
-                             f"{list(self.mean)} and {list(self.std)}")
-        if self.std is not None and min(self.std) <= 0:
-            raise ValueError(f"data.std values must be positive, got {list(self.std)}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError(f"data.max_samples must be >= 1 (or null for all), got {self.max_samples}")
-        if not 0 < self.eval_crop <= 1:
-            raise ValueError(f"data.eval_crop must be within (0, 1], got {self.eval_crop}")
+        check_section(self, "data")
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -99,8 +76,7 @@ class OptimConfig:
     accum_steps: int | None = None
 
     def __post_init__(self):
-        if self.accum_steps is not None and self.accum_steps < 1:
-            raise ValueError(f"optim.accum_steps must be >= 1 (or null), got {self.accum_steps}")
+        check_section(self, "optim")
 
 
 @dataclass
@@ -134,12 +110,7 @@ class TrainConfig:
             raise ValueError(f"train.device must be one of {DEVICES} or cuda:N, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.checkpoint_minutes is not None and self.checkpoint_minutes <= 0:
-            raise ValueError(f"train.checkpoint_minutes must be > 0 (or null: at epoch ends only), got "
-                             f"{self.checkpoint_minutes}")
-        if self.stop_grace_seconds is not None and self.stop_grace_seconds < 0:
-            raise ValueError(f"train.stop_grace_seconds must be >= 0 (or null: no limit), got "
-                             f"{self.stop_grace_seconds}")
+        check_section(self, "train")
 
 
 METHODS = ("knn", "linear")
@@ -173,15 +144,4 @@ class EvalConfig:
             raise ValueError(f"eval.online_method must be one of {METHODS}, got {self.online_method!r}")
         if self.pool not in POOLS:
             raise ValueError(f"eval.pool must be one of {POOLS}, got {self.pool!r}")
-        if not 0.0 < self.probe_holdout < 1.0:
-            raise ValueError(f"eval.probe_holdout must be between 0 and 1 (e.g. 0.1), got {self.probe_holdout}")
-        if not self.probe_weight_decays or min(self.probe_weight_decays) < 0:
-            raise ValueError("eval.probe_weight_decays must be a non-empty list of values >= 0, e.g. [1e-4, 1e-3]")
-        for name in ("online_train_samples", "online_test_samples", "knn_k", "batch_size", "probe_max_iter"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("final_train_samples", "final_test_samples"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be >= 1 (or null for all), got {getattr(self, name)}")
-        if self.knn_temperature <= 0:
-            raise ValueError(f"eval.knn_temperature must be > 0, got {self.knn_temperature}")
+        check_section(self, "eval")

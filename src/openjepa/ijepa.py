@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config_ranges import check_section
 from .models.layers import gather_tokens
 from .models.recompute import dropping_recomputable
 from .models.predictor import VisionTransformerPredictor
@@ -44,6 +45,7 @@ class ModelConfig:
             raise ValueError(f"model.loss must be one of {LOSSES}, got {self.loss!r}")
         if self.target not in TARGETS:
             raise ValueError(f"model.target must be one of {TARGETS}, got {self.target!r}")
+        check_section(self, "model")
 
     def encoder_kwargs(self) -> dict:
         preset = PRESETS[self.arch]

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .config_ranges import check_section
 from .errors import MaskSamplingError
 from .models.pos_embed import GridSize, to_2tuple
 from .seeding import generator_or_default as _generator_or_default
@@ -55,6 +56,7 @@ class MaskConfig:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise MaskSamplingError(f"mask.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        check_section(self, "mask", MaskSamplingError)
 
 
 class BlockMasks(NamedTuple):
@@ -62,14 +64,6 @@ class BlockMasks(NamedTuple):
 
     context: torch.Tensor  # [B, Kc], sorted
     targets: torch.Tensor  # [M, B, Kt], row-major inside each block
-
-
-def _check_range(name: str, lo_hi: tuple[float, float], low: float, high: float | None) -> tuple[float, float]:
-    lo, hi = float(lo_hi[0]), float(lo_hi[1])
-    if not (low <= lo <= hi) or (high is not None and hi > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise MaskSamplingError(f"mask {name} must be an increasing pair within {bound}, got {tuple(lo_hi)}")
-    return lo, hi
 
 
 class MultiBlockMaskSampler:
@@ -90,14 +84,7 @@ class MultiBlockMaskSampler:
         self.num_patches = self.height * self.width
         if self.height < 1 or self.width < 1:
             raise MaskSamplingError(f"empty patch grid {self.height}x{self.width}")
-        if cfg.num_targets < 1:
-            raise MaskSamplingError(f"mask num_targets must be >= 1, got {cfg.num_targets}")
-        _check_range("target_scale", cfg.target_scale, 0.0, 1.0)
-        _check_range("context_scale", cfg.context_scale, 0.0, 1.0)
-        _check_range("target_aspect_ratio", cfg.target_aspect_ratio, 1e-6, None)
-        _check_range("context_aspect_ratio", cfg.context_aspect_ratio, 1e-6, None)
-        if cfg.min_keep < 1:
-            raise MaskSamplingError(f"mask min_keep must be >= 1, got {cfg.min_keep}")
+        check_section(cfg, "mask", MaskSamplingError)  # again: a MaskConfig may have been changed since
         largest_context = self._block_shape(cfg.context_scale[1], 1.0)
         if largest_context[0] * largest_context[1] < cfg.min_keep:
             raise MaskSamplingError(

@@ -34,9 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+def parse_args(argv: list[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """The parsed command line, as :func:`main` runs it (argparse's usage error and exit status 2 for a bad one)."""
+    parser = parser or build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
         # `pretrain k=v --resume DIR k2=v2`: argparse fills a positional list once, so overrides that follow an
@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides or []) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parse_args(argv, parser)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

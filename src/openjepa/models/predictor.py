@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .fast_linear import linear
-from .layers import LAYER_NORM_EPS, Block, drop_path_rates, gather_tokens, init_transformer_weights, normed
+from .layers import (LAYER_NORM_EPS, RELEASED_TRUNCATION, Block, drop_path_rates, gather_tokens,
+                     init_transformer_weights, normed)
 from .pos_embed import GridSize, resample_pos_embed, sincos_2d, to_2tuple
 
 
@@ -63,7 +64,7 @@ class VisionTransformerPredictor(nn.Module):
         self.predictor_proj = nn.Linear(predictor_embed_dim, self.out_dim)
         self.grad_checkpointing = False
         init_transformer_weights(self, self.predictor_blocks, init_std)
-        nn.init.trunc_normal_(self.mask_token, std=init_std, a=-2 * init_std, b=2 * init_std)
+        nn.init.trunc_normal_(self.mask_token, std=init_std, a=-RELEASED_TRUNCATION, b=RELEASED_TRUNCATION)
 
     @property
     def depth(self) -> int:

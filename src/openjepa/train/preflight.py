@@ -18,8 +18,7 @@ def check_settings(config: RunConfig, world_size: int) -> None:
     batches' own masks: a failure now is a failure later)."""
     m = config.model
     height, width = to_2tuple(m.img_size)
-    if m.patch_size < 1:
-        raise UserError(f"model.patch_size must be a positive number of pixels, got {m.patch_size}")
+    # model.patch_size >= 1 and the other ranges are checked when the settings are read (config_ranges.py)
     if height % m.patch_size or width % m.patch_size or height < m.patch_size or width < m.patch_size:
         below = max(m.patch_size, height // m.patch_size * m.patch_size)
         above = (height // m.patch_size + 1) * m.patch_size
