@@ -2,17 +2,20 @@
 
 How the budget is enforced (docs/benchmarks.md, "Quality"):
 
-1. The clock starts when :func:`pretrain_within` is called. A throw-away copy of the run (same model, data, masks
-   and thread settings) trains ``calibration_steps`` steps after ``warmup_steps`` untimed ones; their mean time per
-   step (data loading included) is the calibrated step time.
+1. The clock starts when :func:`pretrain_within` is called. The precision is resolved as the trainer resolves it
+   (``train.precision=auto`` measures the CPU), then a throw-away copy of the run (same model, data, masks,
+   precision and thread settings) trains ``calibration_steps`` steps after ``warmup_steps`` untimed ones; their
+   mean time per step (data loading included) is the calibrated step time.
 2. The steps that fit in what is left of the budget (minus a safety margin for the per-epoch monitor,
    checkpoints and the trainer's setup) become the run's length: ``train.max_steps``, with ``optim.epochs`` and
-   ``optim.ipe_scale`` set so that the learning-rate, weight-decay and EMA schedules end exactly at that step.
+   ``optim.ipe_scale`` set so that the learning-rate, weight-decay and EMA schedules end exactly at that step,
+   and the warm-up keeping the recipe's share of the schedule (``warmup_epochs / epochs``).
 3. ``train.max_minutes`` is set, just before the loop starts, to the time left until the deadline: a hard stop if
    the run is slower than calibrated (the result then records that the schedules did not complete).
 
 Calibration, setup, training, the per-epoch online monitor and checkpoint writes all count towards the budget;
-the evaluation afterwards does not.
+the evaluation afterwards does not. With ``steps`` instead of ``minutes`` a run takes exactly that many steps, with
+the same schedule fitting and no time limit (the equal-steps comparisons of ``ablations.py``).
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from openjepa.config import RunConfig
 from openjepa.cpu_allocator import keep_freed_memory
 from openjepa.data import build_eval_dataset, build_pretrain_loader
 from openjepa.eval import Features, extract_features, knn_classify, linear_probe, load_encoder, random_init_like
+from openjepa.eval.lowshot import LowShot, low_shot_linear
 from openjepa.ijepa import build_ijepa
 from openjepa.schedules import Schedules
 from openjepa.step import make_optimizer, train_step
-from openjepa.train.runtime import setup_runtime, shutdown_runtime
+from openjepa.train.autoprecision import run_probe_shapes
+from openjepa.train.runtime import Runtime, setup_runtime, shutdown_runtime
 from openjepa.train.trainer import Trainer
 
 SAFETY_MARGIN = 0.03  # share of the remaining budget kept free for monitor runs, checkpoints and plots
@@ -41,24 +46,26 @@ SETUP_ALLOWANCE_S = 5.0  # the trainer's setup (data, model, monitor subsets) on
 
 @dataclass
 class Plan:
-    """How a run was fitted into its budget."""
+    """How a run was fitted into its budget (or, for a fixed number of steps, how its schedules were set)."""
 
-    budget_s: float
+    budget_s: float | None  # None: a fixed number of steps, no time limit
     calibration_s: float
-    step_s: float  # calibrated mean seconds per step
+    step_s: float | None  # calibrated mean seconds per step (None: not calibrated)
     steps_per_epoch: int
     max_steps: int
     epochs: int
     ipe_scale: float
+    warmup_epochs: float = math.nan  # the recipe's warm-up share of its schedule, applied to this run's length
     hard_stop_min: float = math.nan  # train.max_minutes, set when the loop starts
 
     def to_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def calibrate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, int, float]:
-    """Mean seconds per training step (data included) of ``cfg`` on this machine, the steps per epoch, and the
-    seconds it took to build the data and the model (a proxy for the trainer's own setup)."""
+def calibrate(cfg: RunConfig, runtime: Runtime, steps: int, warmup: int) -> tuple[float, int, float]:
+    """Mean seconds per training step (data included) of ``cfg`` on this machine, in the precision ``runtime``
+    resolved to, the steps per epoch, and the seconds it took to build the data and the model (a proxy for the
+    trainer's own setup)."""
     t0 = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -75,7 +82,8 @@ def calibrate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, int, floa
     tick = time.perf_counter()
     for i, batch in enumerate(data.loader):
         lr, wd, momentum = sched.at(i)
-        train_step(model, optimizer, batch.images, batch.context, batch.targets, lr, wd, momentum)
+        train_step(model, optimizer, batch.images, batch.context, batch.targets, lr, wd, momentum,
+                   autocast_dtype=runtime.autocast_dtype)
         now = time.perf_counter()
         times.append(now - tick)
         tick = now
@@ -85,54 +93,72 @@ def calibrate(cfg: RunConfig, steps: int, warmup: int) -> tuple[float, int, floa
     return statistics.fmean(times[warmup:]), steps_per_epoch, setup_s
 
 
-def plan_run(cfg: RunConfig, budget_s: float, started: float, calibration_steps: int, warmup_steps: int) -> Plan:
+def fixed_length(cfg: RunConfig, max_steps: int, steps_per_epoch: int, budget_s: float | None = None,
+                 calibration_s: float = 0.0, step_s: float | None = None) -> Plan:
+    """The schedules of ``cfg`` fitted to ``max_steps``: they end exactly there (``optim.epochs`` and
+    ``optim.ipe_scale``), and the warm-up keeps the recipe's share of the schedule (``warmup_epochs / epochs``),
+    so that a short run on a slow machine does not spend most of its steps warming up."""
+    epochs = math.ceil(max_steps / steps_per_epoch)
+    warmup_share = cfg.optim.warmup_epochs / cfg.optim.epochs
+    return Plan(budget_s, calibration_s, step_s, steps_per_epoch, max_steps, epochs,
+                max_steps / (epochs * steps_per_epoch), warmup_share * max_steps / steps_per_epoch)
+
+
+def plan_run(cfg: RunConfig, runtime: Runtime, budget_s: float, started: float, calibration_steps: int,
+             warmup_steps: int) -> Plan:
     """Calibrate, then choose the run length that fits in what is left of the budget."""
-    step_s, spe, setup_s = calibrate(cfg, calibration_steps, warmup_steps)
+    step_s, spe, setup_s = calibrate(cfg, runtime, calibration_steps, warmup_steps)
     elapsed = time.monotonic() - started
     left = budget_s - elapsed - setup_s - SETUP_ALLOWANCE_S
     max_steps = max(1, int(left * (1 - SAFETY_MARGIN) / step_s))
-    epochs = math.ceil(max_steps / spe)
-    return Plan(budget_s, round(elapsed, 2), step_s, spe, max_steps, epochs, max_steps / (epochs * spe))
+    return fixed_length(cfg, max_steps, spe, budget_s, round(elapsed, 2), step_s)
 
 
 def budgeted_config(cfg: RunConfig, plan: Plan) -> RunConfig:
     """``cfg`` with the run length of ``plan``: schedules that end at ``plan.max_steps``."""
-    optim = replace(cfg.optim, epochs=plan.epochs, ipe_scale=plan.ipe_scale)
+    optim = replace(cfg.optim, epochs=plan.epochs, ipe_scale=plan.ipe_scale, warmup_epochs=plan.warmup_epochs)
     train = replace(cfg.train, max_steps=plan.max_steps, max_minutes=None)
     return replace(cfg, optim=optim, train=train)
 
 
-def pretrain_within(cfg: RunConfig, minutes: float, calibration_steps: int = 20, warmup_steps: int = 3,
-                    overwrite: bool = True) -> dict:
-    """Pretrain ``cfg`` for ``minutes`` of wall-clock time (calibration and setup included). Returns the plan
-    and what the run did; the checkpoint is in ``cfg.train.out_dir``."""
+def pretrain_within(cfg: RunConfig, minutes: float | None = None, calibration_steps: int = 20,
+                    warmup_steps: int = 3, overwrite: bool = True, steps: int | None = None) -> dict:
+    """Pretrain ``cfg`` for ``minutes`` of wall-clock time (calibration and setup included), or for exactly
+    ``steps`` steps (no time limit: the equal-steps comparisons). Returns the plan and what the run did; the
+    checkpoint is in ``cfg.train.out_dir``."""
+    if (minutes is None) == (steps is None):
+        raise ValueError("give a budget in minutes or a number of steps")
     started = time.monotonic()
-    budget_s = minutes * 60
-    plan = plan_run(cfg, budget_s, started, calibration_steps, warmup_steps)
-    run_cfg = budgeted_config(cfg, plan)
-    runtime = setup_runtime(run_cfg.train.device, run_cfg.train.precision)
+    runtime = setup_runtime(cfg.train.device, cfg.train.precision, run_probe_shapes(cfg), cfg.train.threads)
     try:
+        if steps is None:
+            plan = plan_run(cfg, runtime, minutes * 60, started, calibration_steps, warmup_steps)
+        else:
+            plan = fixed_length(cfg, steps, Trainer(cfg, runtime, None, overwrite).steps_per_epoch)
+        run_cfg = budgeted_config(cfg, plan)
         trainer = Trainer(run_cfg, runtime, None, overwrite)
-        plan.hard_stop_min = (budget_s - (time.monotonic() - started)) / 60
-        run_cfg.train.max_minutes = plan.hard_stop_min  # the trainer reads it at every step
+        if minutes is not None:
+            plan.hard_stop_min = (minutes * 60 - (time.monotonic() - started)) / 60
+            run_cfg.train.max_minutes = plan.hard_stop_min  # the trainer reads it at every step
         loop_started = time.monotonic()
         result = trainer.run()
         loop_s = time.monotonic() - loop_started
     finally:
         shutdown_runtime(runtime)
     total_s = time.monotonic() - started
-    steps = result.position.global_step
+    done = result.position.global_step
     return {
         "plan": plan.to_dict(),
-        "steps": steps,
-        "epochs_reached": round(steps / plan.steps_per_epoch, 3),
-        "schedule_completed": round(steps / plan.max_steps, 4),
+        "precision": runtime.precision_choice.record() if runtime.precision_choice else runtime.precision,
+        "steps": done,
+        "epochs_reached": round(done / plan.steps_per_epoch, 3),
+        "schedule_completed": round(done / plan.max_steps, 4),
         "stop_reason": result.stop_reason,
         "final_loss": result.last_loss,
         "training_loop_s": round(loop_s, 1),
         "total_s": round(total_s, 1),
-        "images_per_s_in_loop": round(steps * run_cfg.data.batch_size / loop_s, 1),
-        "within_budget": total_s <= budget_s + 1.0,
+        "images_per_s_in_loop": round(done * run_cfg.data.batch_size / loop_s, 1),
+        "within_budget": None if minutes is None else total_s <= minutes * 60 + 1.0,
     }
 
 
@@ -151,21 +177,34 @@ def encoder_features(encoder, dataset, pools: list[str], batch_size: int, desc: 
     return {"mean": extract_features(encoder, dataset, "mean", batch_size, "cpu", desc=desc)}
 
 
-def score(train: Features, test: Features, eval_cfg) -> dict:
-    """Linear probe (weight decay chosen on held-out training data) and k-NN top-1/top-5 on the test split."""
+def score(train: Features, test: Features, eval_cfg, low_shot: LowShot | None = None) -> dict:
+    """Linear probe (weight decay chosen on held-out training data) and k-NN top-1/top-5 on the test split; with
+    ``low_shot``, also the linear probe trained on each of its labelled draws of the training split (mean, std,
+    every draw's accuracy and seed; the indices are recorded by ``openjepa.eval.lowshot``)."""
     t0 = time.perf_counter()
-    lin = linear_probe(train, test, eval_cfg.probe_weight_decays, eval_cfg.probe_holdout, eval_cfg.seed,
-                       eval_cfg.probe_max_iter, "cpu", progress=True)
+    probe = {"weight_decays": eval_cfg.probe_weight_decays, "holdout": eval_cfg.probe_holdout,
+             "seed": eval_cfg.seed, "max_iter": eval_cfg.probe_max_iter, "device": "cpu"}
+    lin = linear_probe(train, test, progress=True, **probe)
     knn = knn_classify(train, test, eval_cfg.knn_k, eval_cfg.knn_temperature, "cpu")
-    return {"linear_top1": round(lin.top1, 4), "linear_top5": round(lin.top5, 4) if lin.top5 else None,
-            "linear_weight_decay": lin.weight_decay, "knn_top1": round(knn.top1, 4),
-            "knn_top5": round(knn.top5, 4) if knn.top5 else None, "dim": train.dim, "n_train": len(train),
-            "n_test": len(test), "seconds": round(time.perf_counter() - t0, 1)}
+    out = {"linear_top1": round(lin.top1, 4), "linear_top5": round(lin.top5, 4) if lin.top5 else None,
+           "linear_weight_decay": lin.weight_decay, "knn_top1": round(knn.top1, 4),
+           "knn_top5": round(knn.top5, 4) if knn.top5 else None, "dim": train.dim, "n_train": len(train),
+           "n_test": len(test)}
+    if low_shot is not None:
+        few = low_shot_linear(train, test, low_shot, **probe)
+        out["low_shot"] = {"linear_top1": round(few.top1, 4),
+                           "linear_top1_std": None if few.top1_std is None else round(few.top1_std, 4),
+                           "draws_top1": [round(d.result.top1, 4) for d in few.draws],
+                           "draw_seeds": [d.seed for d in few.draws], "n_train": [len(d.indices) for d in few.draws],
+                           **low_shot.to_dict()}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
 
 
-def evaluate_encoders(cfg: RunConfig, run_dir: Path, which: list[str], pools: list[str]) -> dict:
+def evaluate_encoders(cfg: RunConfig, run_dir: Path, which: list[str], pools: list[str],
+                      low_shot: LowShot | None = None) -> dict:
     """Scores of the run's ``target`` / ``context`` encoders and of ``random`` (same architecture, seed
-    ``eval.seed``) on the full train / test splits."""
+    ``eval.seed``) on the full train / test splits (with ``low_shot``: its draws too, ``mean`` pool only)."""
     train_ds = build_eval_dataset(cfg.data, cfg.model, "train")
     test_ds = build_eval_dataset(cfg.data, cfg.model, "test")
     results = {}
@@ -176,7 +215,8 @@ def evaluate_encoders(cfg: RunConfig, run_dir: Path, which: list[str], pools: li
             encoder = load_encoder(run_dir, name)
         train = encoder_features(encoder, train_ds, pools, 512, f"{name}: train")
         test = encoder_features(encoder, test_ds, pools, 512, f"{name}: test")
-        results[name] = {pool: score(train[pool], test[pool], cfg.eval) for pool in train}
+        results[name] = {pool: score(train[pool], test[pool], cfg.eval, low_shot if pool == "mean" else None)
+                         for pool in train}
     return results
 
 

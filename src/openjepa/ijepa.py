@@ -15,6 +15,7 @@ from .models.layers import gather_tokens
 from .models.recompute import dropping_recomputable
 from .models.predictor import VisionTransformerPredictor
 from .models.vit import PRESETS, VisionTransformer, preset_name
+from .regularizers import EMBEDDINGS, KINDS, Regularizer
 
 LOSSES = ("smooth_l1", "mse")
 TARGETS = ("features", "pixels")
@@ -38,6 +39,10 @@ class ModelConfig:
     loss: str = "smooth_l1"  # smooth_l1 (released recipe) or mse (the paper's text)
     target: str = "features"  # features (I-JEPA) or pixels (the paper's pixel-target ablation)
     patch_embed_gain: float | None = None  # None: the paper's init; a number: see VisionTransformer (small patches)
+    # Beyond the paper (openjepa.regularizers): an anti-collapse term on the context encoder's output.
+    regularizer: str = "none"  # none (the paper) | vicreg | sigreg
+    regularizer_weight: float = 1.0
+    regularizer_on: str = "pooled"  # pooled | content | pooled+content
 
     def __post_init__(self):
         self.arch = preset_name(self.arch)
@@ -45,6 +50,10 @@ class ModelConfig:
             raise ValueError(f"model.loss must be one of {LOSSES}, got {self.loss!r}")
         if self.target not in TARGETS:
             raise ValueError(f"model.target must be one of {TARGETS}, got {self.target!r}")
+        if self.regularizer not in KINDS:
+            raise ValueError(f"model.regularizer must be one of {KINDS}, got {self.regularizer!r}")
+        if self.regularizer_on not in EMBEDDINGS:
+            raise ValueError(f"model.regularizer_on must be one of {EMBEDDINGS}, got {self.regularizer_on!r}")
         check_section(self, "model")
 
     def encoder_kwargs(self) -> dict:
@@ -60,6 +69,9 @@ class ModelConfig:
             "drop_path_rate": self.drop_path_rate,
             "patch_embed_gain": self.patch_embed_gain,
         }
+
+    def build_regularizer(self) -> Regularizer:
+        return Regularizer(self.regularizer, self.regularizer_weight, self.regularizer_on)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +103,7 @@ class IJEPA(nn.Module):
         predictor: VisionTransformerPredictor,
         loss: str = "smooth_l1",
         target: str = "features",
+        regularizer: Regularizer | None = None,
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -102,6 +115,7 @@ class IJEPA(nn.Module):
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False).eval()
         self.loss_name = loss
         self.target_type = target
+        self.regularizer = regularizer or Regularizer()
         self.selective_recompute = False
 
     def train(self, mode: bool = True) -> IJEPA:
@@ -126,10 +140,15 @@ class IJEPA(nn.Module):
 
     def predict(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
         """Predictions ``[M*B, Kt, D]`` of the target blocks from the context patches."""
+        return self.encode_and_predict(images, context_idx, target_idx)[1]
+
+    def encode_and_predict(self, images: torch.Tensor, context_idx: torch.Tensor,
+                           target_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context encoder's output ``[B, Kc, D]`` and the predictions ``[M*B, Kt, D]`` made from it."""
         grid = self.encoder.patch_embed.grid_for(images.shape[-2], images.shape[-1])
         with self._activation_scope():
             z = self.encoder(images, context_idx)
-            return self.predictor(z, context_idx, target_idx, grid)
+            return z, self.predictor(z, context_idx, target_idx, grid)
 
     def _activation_scope(self) -> contextlib.AbstractContextManager:
         # A plain nullcontext when off: compiled graphs never meet the saved-tensor hooks (Inductor plans its own
@@ -152,11 +171,16 @@ class IJEPA(nn.Module):
         return F.smooth_l1_loss(predictions, targets)
 
     def forward(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
-        """Loss of one batch: ``criterion(predict(context), targets)`` (see docs/method.md for the equations)."""
+        """Loss of one batch: ``criterion(predict(context), targets)`` (see docs/method.md for the equations), plus
+        the regulariser's term when one is set (not in the paper; off by default)."""
         if target_idx.dim() == 2:
             target_idx = target_idx.unsqueeze(0)
         targets, _ = self.compute_targets(images, target_idx, pooled=False)
-        return self.criterion(self.predict(images, context_idx, target_idx), targets)
+        z, predictions = self.encode_and_predict(images, context_idx, target_idx)
+        loss = self.criterion(predictions, targets)
+        if self.regularizer.active:  # beyond the paper: see openjepa.regularizers
+            loss = loss + self.regularizer(z, context_idx, self.encoder.patch_embed.num_patches)
+        return loss
 
     # -- teacher ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -202,4 +226,4 @@ def build_ijepa(config: ModelConfig | None = None, **overrides) -> IJEPA:
         drop_path_rate=cfg.drop_path_rate,
         out_dim=out_dim,
     )
-    return IJEPA(encoder, predictor, loss=cfg.loss, target=cfg.target)
+    return IJEPA(encoder, predictor, loss=cfg.loss, target=cfg.target, regularizer=cfg.build_regularizer())

@@ -48,21 +48,21 @@ def feature_std(features: torch.Tensor) -> float:
     return F.normalize(features.detach().float(), dim=1).std(dim=0).mean().item()
 
 
-def collapse_warning(
+def collapse_problems(
     rank: float,
     std: float,
     num_samples: int,
     dim: int,
     min_rank: float = _DEFAULTS.collapse_min_rank,
     min_std: float = _DEFAULTS.collapse_min_std,
-) -> str | None:
-    """A warning when the representation looks collapsed, else None.
+) -> list[str]:
+    """The signs of collapse in a representation's measures, one sentence each (empty when there are none).
 
-    Triggers when the (centred) RankMe < ``min_rank`` (dimensional collapse: the differences between images
-    lie along fewer than ``min_rank`` effective directions) or when ``std * sqrt(D) < min_std`` (complete
-    collapse: all features nearly the same vector; the product is 1 for isotropic features). The defaults fire
-    only on clear collapse: a random-init ViT-Tiny on 8x8 digits upscaled to 32x32 measures a centred RankMe of
-    about 3 and ``std * sqrt(D)`` of about 0.01.
+    The (centred) RankMe < ``min_rank`` (dimensional collapse: the differences between images lie along fewer
+    than ``min_rank`` effective directions), or ``std * sqrt(D) < min_std`` (complete collapse: all features
+    nearly the same vector; the product is 1 for isotropic features). The defaults fire only on clear collapse: a
+    random-init ViT-Tiny on 8x8 digits upscaled to 32x32 measures a centred RankMe of about 3 and
+    ``std * sqrt(D)`` of about 0.01.
     """
     problems = []
     if rank < min_rank:
@@ -71,10 +71,44 @@ def collapse_warning(
     spread = std * math.sqrt(dim)
     if spread < min_std:
         problems.append(f"normalised feature std x sqrt(D) is {spread:.3f} (below {min_std:g}; 1 = isotropic)")
+    return problems
+
+
+def baseline_problems(metrics: dict[str, float], baseline: dict[str, float]) -> list[str]:
+    """What a trained encoder's monitor ``metrics`` say next to those of the same architecture at random
+    initialisation (``baseline``, measured the same way): an accuracy not above it, or a lower effective rank
+    (the features span fewer directions than an untrained network's: dimensional collapse)."""
+    problems = []
+    for key, value in metrics.items():
+        if key.endswith("_top1") and key in baseline and value <= baseline[key]:
+            name = key.removesuffix("_top1").replace("knn", "k-NN")
+            problems.append(f"{name} top-1 {value:.3f} is not above the same architecture at random init "
+                            f"({baseline[key]:.3f})")
+    if "rankme" in metrics and "rankme" in baseline and metrics["rankme"] < baseline["rankme"]:
+        problems.append(f"effective rank (RankMe) {metrics['rankme']:.1f} is below the random-init encoder's "
+                        f"{baseline['rankme']:.1f}")
+    return problems
+
+
+def format_warning(problems: list[str]) -> str | None:
+    """One warning for all ``problems`` (None when there are none)."""
     if not problems:
         return None
-    return ("representation collapse suspected: " + "; ".join(problems) +
-            ". Check the learning rate, the EMA momentum and the masking settings.")
+    return ("representation collapse suspected: " + "; ".join(problems) + ". Check the learning rate, the EMA "
+            "momentum and the masking settings; at small scale an anti-collapse regulariser helps "
+            "(model.regularizer, docs/training.md).")
+
+
+def collapse_warning(
+    rank: float,
+    std: float,
+    num_samples: int,
+    dim: int,
+    min_rank: float = _DEFAULTS.collapse_min_rank,
+    min_std: float = _DEFAULTS.collapse_min_std,
+) -> str | None:
+    """A warning when the representation looks collapsed (see :func:`collapse_problems`), else None."""
+    return format_warning(collapse_problems(rank, std, num_samples, dim, min_rank, min_std))
 
 
 def check_collapse(features: torch.Tensor, cfg: EvalConfig | None = None) -> str | None:
@@ -82,3 +116,4 @@ def check_collapse(features: torch.Tensor, cfg: EvalConfig | None = None) -> str
     cfg = cfg or _DEFAULTS
     return collapse_warning(rankme(features), feature_std(features), features.shape[0], features.shape[1],
                             cfg.collapse_min_rank, cfg.collapse_min_std)
+

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ..config_sections import EvalConfig
-from .collapse import collapse_warning, feature_std, rankme
+from .collapse import baseline_problems, collapse_problems, feature_std, format_warning, rankme
 from .features import Features, extract_features, make_loader
 from .knn import knn_classify
 from .probe import linear_probe
@@ -63,7 +63,9 @@ class OnlineMonitor:
     ``train_ds`` / ``test_ds``: labelled evaluation datasets of ``(image, label)``; ``train_ds`` may be None
     (no labels: only the collapse measures, computed on ``test_ds``, which may then be unlabelled). ``run``
     returns ``{"knn_top1" | "linear_top1", ("..._top5"), "rankme", "feature_std"}`` and sets
-    :attr:`last_warning` to a collapse warning or None.
+    :attr:`last_warning` to a collapse warning or None. After :meth:`set_baseline` (the same architecture at
+    random initialisation, scored once), the warning also fires when the encoder scores no better than that
+    baseline or spans fewer effective directions (RankMe) than it.
     """
 
     def __init__(self, eval_cfg: EvalConfig, train_ds: Dataset | None, test_ds: Dataset | None,
@@ -76,6 +78,14 @@ class OnlineMonitor:
         self.train = FixedSubset(train_ds, eval_cfg.online_train_samples, seed) if train_ds is not None else None
         self.test = FixedSubset(test_ds, eval_cfg.online_test_samples, seed + 1) if test_ds is not None else None
         self.last_warning: str | None = None
+        self.baseline: dict[str, float] | None = None
+
+    def set_baseline(self, encoder: nn.Module) -> dict[str, float]:
+        """Score ``encoder`` (an untrained one: the reference point of every later :meth:`run`) and keep it."""
+        self.baseline = None
+        self.baseline = self.run(encoder)
+        self.last_warning = None
+        return self.baseline
 
     def run(self, encoder: nn.Module) -> dict[str, float]:
         """Accuracy (when labelled) and collapse measures of ``encoder`` on the fixed subsets."""
@@ -90,8 +100,11 @@ class OnlineMonitor:
         probe = test if test is not None else train
         metrics["rankme"] = rankme(probe.x)
         metrics["feature_std"] = feature_std(probe.x)
-        self.last_warning = collapse_warning(metrics["rankme"], metrics["feature_std"], len(probe), probe.dim,
-                                             cfg.collapse_min_rank, cfg.collapse_min_std)
+        problems = collapse_problems(metrics["rankme"], metrics["feature_std"], len(probe), probe.dim,
+                                     cfg.collapse_min_rank, cfg.collapse_min_std)
+        if self.baseline is not None:
+            problems += baseline_problems(metrics, self.baseline)
+        self.last_warning = format_warning(problems)
         return metrics
 
     def _accuracy(self, train: Features, test: Features, device: torch.device) -> dict[str, float]:

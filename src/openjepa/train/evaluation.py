@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, Subset
 from ..config import RunConfig
 from ..data import build_eval_dataset
 from ..errors import DataError
+from ..eval.baseline import random_init_like
 from ..eval.online_monitor import OnlineMonitor
 from ..eval.report import final_report
 from ..run_folder import FINAL_JSON
@@ -45,8 +46,19 @@ class RunMonitor:
         self.train_ds, self.test_ds = eval_datasets(cfg, run_dir)
         self.online = OnlineMonitor(cfg.eval, self.train_ds, self.test_ds, device)
 
+    def set_baseline(self, encoder: torch.nn.Module) -> str:
+        """Score the same architecture as ``encoder`` at random initialisation (seed ``eval.seed``, as the final
+        report's baseline) once; later runs warn when the trained encoder is no better. Returns a log line."""
+        metrics = self.online.set_baseline(random_init_like(encoder, self.cfg.eval.seed))
+        return f"monitor, same architecture at random init: {self.online.describe(metrics)}"
+
     def run(self, encoder: torch.nn.Module) -> dict[str, float]:
         return self.online.run(encoder)
+
+    @property
+    def warning(self) -> str | None:
+        """The last run's warning (collapse, or no better than random init), None when all is well."""
+        return self.online.last_warning
 
     def describe(self, row: dict) -> str:
         metrics = {k: v for k, v in row.items() if k not in ("step", "epoch")}

@@ -35,6 +35,7 @@ class Progress:
         self.started, self.first_step = time.monotonic(), initial
         self.last_line = self.started
         self._losses: list[float] = []
+        self.alert: str | None = None
 
     def update(self, step: int, epoch: int, loss: float, lr: float, images_per_s: float) -> None:
         """One training step done (``step`` counted from 1, ``epoch`` from 0)."""
@@ -44,8 +45,9 @@ class Progress:
         if self.bar is not None:
             self.bar.update(1)
             if len(self._losses) >= self.log_every:
+                alert = f" | {self.alert}" if self.alert else ""
                 self.bar.set_postfix_str(f"ep {epoch + 1} loss {self._mean_loss():.4f} lr {lr:.2e} "
-                                         f"{images_per_s:.0f} img/s", refresh=False)
+                                         f"{images_per_s:.0f} img/s{alert}", refresh=False)
             return
         now = time.monotonic()
         if now - self.last_line >= self.seconds:
@@ -63,7 +65,11 @@ class Progress:
         eta = elapsed / done * (self.total - step) if done else 0.0
         return (f"step {step}/{self.total} ({100 * step / max(1, self.total):.0f}%) | epoch {epoch + 1}/{self.epochs} "
                 f"| loss {self._mean_loss():.4f} | lr {lr:.2e} | {images_per_s:.0f} img/s | {_duration(elapsed)}, "
-                f"ETA {_duration(eta)}")
+                f"ETA {_duration(eta)}" + (f" | {self.alert}" if self.alert else ""))
+
+    def flag(self, alert: str | None) -> None:
+        """A short alert shown with every later update (e.g. "WARNING: collapse suspected"); None clears it."""
+        self.alert = alert
 
     def write(self, message: str) -> None:
         """A message between updates (above the bar on a terminal, a plain line elsewhere)."""

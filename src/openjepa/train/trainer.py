@@ -233,6 +233,7 @@ class Trainer:
         self._print_header(planned_steps)
         self.progress = Progress(planned_steps, self.position.global_step, cfg.optim.epochs, rt.is_main,
                                  cfg.train.log_every, cfg.train.progress_seconds)
+        self._monitor_baseline()
         self.started = time.monotonic()
         self.checkpoints.last_start = self.started
         self.checkpoints.report = self.progress.write
@@ -483,6 +484,13 @@ class Trainer:
             row = {"step": self.position.global_step, "epoch": self.position.epoch, **row}
             self.log.monitored(row)
             self.progress.write(self.monitor.describe(row))
+            self.progress.flag("WARNING: collapse suspected (see log)" if self.monitor.warning else None)
+        barrier(self.rt)
+
+    def _monitor_baseline(self) -> None:
+        """Score the random-init twin of the target encoder once, before training: the monitor's reference."""
+        if self.monitor is not None and self.cfg.eval.online_every > 0:
+            self.progress.write(self.monitor.set_baseline(self.model.target_encoder))
         barrier(self.rt)
 
     def _finish(self) -> str | None:
