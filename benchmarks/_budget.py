@@ -33,6 +33,7 @@ from openjepa.cpu_allocator import keep_freed_memory
 from openjepa.data import build_eval_dataset, build_pretrain_loader
 from openjepa.eval import Features, extract_features, knn_classify, linear_probe, load_encoder, random_init_like
 from openjepa.eval.lowshot import LowShot, low_shot_linear
+from openjepa.eval.subsets import dataset_labels, stratified_subset
 from openjepa.ijepa import build_ijepa
 from openjepa.schedules import Schedules
 from openjepa.step import make_optimizer, train_step
@@ -202,11 +203,13 @@ def score(train: Features, test: Features, eval_cfg, low_shot: LowShot | None = 
 
 
 def evaluate_encoders(cfg: RunConfig, run_dir: Path, which: list[str], pools: list[str],
-                      low_shot: LowShot | None = None) -> dict:
+                      low_shot: LowShot | None = None, samples: tuple[int, int] | None = None) -> dict:
     """Scores of the run's ``target`` / ``context`` encoders and of ``random`` (same architecture, seed
-    ``eval.seed``) on the full train / test splits (with ``low_shot``: its draws too, ``mean`` pool only)."""
-    train_ds = build_eval_dataset(cfg.data, cfg.model, "train")
-    test_ds = build_eval_dataset(cfg.data, cfg.model, "test")
+    ``eval.seed``) on the full train / test splits (with ``low_shot``: its draws too, ``mean`` pool only), or, with
+    ``samples = (train, test)``, on fixed stratified subsets of that many images (seed ``eval.seed``: the same
+    images for every run)."""
+    train_ds = _subset(build_eval_dataset(cfg.data, cfg.model, "train"), samples and samples[0], cfg.eval.seed)
+    test_ds = _subset(build_eval_dataset(cfg.data, cfg.model, "test"), samples and samples[1], cfg.eval.seed)
     results = {}
     for name in which:
         if name == "random_init":
@@ -218,6 +221,14 @@ def evaluate_encoders(cfg: RunConfig, run_dir: Path, which: list[str], pools: li
         results[name] = {pool: score(train[pool], test[pool], cfg.eval, low_shot if pool == "mean" else None)
                          for pool in train}
     return results
+
+
+def _subset(dataset, size: int | None, seed: int):
+    """``dataset`` itself, or a stratified subset of ``size`` of its images (every class in its share)."""
+    if size is None:
+        return dataset
+    indices = stratified_subset(dataset_labels(dataset), len(dataset), size, seed)
+    return torch.utils.data.Subset(dataset, indices.tolist())
 
 
 def pixel_features(cfg: RunConfig, split: str, side: int) -> Features:

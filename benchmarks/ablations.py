@@ -20,7 +20,8 @@ Two ways to make the comparison fair, both reported (``--match``):
 * ``steps``: every variant makes exactly as many steps as the ``ijepa`` run of the same seed (schedules fitted
   the same way), whatever the time it takes.
 
-Each run's target encoder is scored on the full 60k / 10k splits: linear probe and k-NN, ``mean`` pool. For each
+Each run's target encoder is scored on the full 60k / 10k splits (or, with ``--eval-samples TRAIN TEST``, on fixed
+stratified subsets, the same for every run): linear probe and k-NN, ``mean`` pool. For each
 variant the mean over ``--seeds`` and the spread (max - min) are reported; an ablation "points the paper's way"
 when I-JEPA's mean is above the variant's, and "beyond the seed spread" when the gap is larger than the larger of
 the two spreads. ``--reuse-ijepa`` takes the ``ijepa`` runs from ``quality_fmnist.py`` results (one per seed, same
@@ -90,10 +91,11 @@ def reused_ijepa(path: Path, cfg_dict: dict, minutes: float) -> dict:
             "reused_from": str(path), "seed": report.get("seed", 0)}
 
 
-def train_and_score(cfg, minutes: float | None, steps: int | None, calibration_steps: int) -> dict:
+def train_and_score(cfg, minutes: float | None, steps: int | None, calibration_steps: int,
+                    samples: tuple[int, int] | None) -> dict:
     training = pretrain_within(cfg, minutes, calibration_steps, steps=steps)
     started = time.monotonic()
-    results = evaluate_encoders(cfg, Path(cfg.train.out_dir), ["target"], ["mean"])
+    results = evaluate_encoders(cfg, Path(cfg.train.out_dir), ["target"], ["mean"], samples=samples)
     return {"training": training, "results": results, "evaluation_s": round(time.monotonic() - started, 1)}
 
 
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{path} was measured with a {earlier.get('minutes')}-minute budget, not {args.minutes}")
         runs.update({k: {**v, "included_from": str(path)} for k, v in earlier["runs"].items()})
     reuse = dict(zip(args.seeds, args.reuse_ijepa or []))
+    samples = tuple(args.eval_samples) if args.eval_samples else None
     for seed in args.seeds:
         for variant in args.variants:
             for match in (["time"] if variant == "ijepa" else args.match):
@@ -157,9 +160,11 @@ def main(argv: list[str] | None = None) -> dict:
                                          f"--variants, or pass --reuse-ijepa / --include")
                     steps = base["training"]["steps"]
                 runs[key] = {"variant": variant, "seed": seed, "match": match, "overrides": VARIANTS[variant],
-                             **train_and_score(cfg, None if steps else args.minutes, steps, args.calibration_steps)}
+                             **train_and_score(cfg, None if steps else args.minutes, steps, args.calibration_steps,
+                                               samples)}
     report = {"benchmark": "ablations", "command": "python benchmarks/ablations.py " + " ".join(argv),
-              "minutes": args.minutes, "seeds": args.seeds, "runs": runs, "paper": PAPER,
+              "minutes": args.minutes, "seeds": args.seeds, "eval_samples": args.eval_samples or "full splits",
+              "runs": runs, "paper": PAPER,
               "machine": machine_info(load_key="load_average_at_end")}
     summaries = {f"{v}/{m}": summary(runs, v, m, args.seeds) for v in VARIANTS for m in ("time", "steps")
                  if not (v == "ijepa" and m == "steps")}
@@ -192,6 +197,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="add the runs of earlier ablations.py results of the same budget")
     p.add_argument("--out", default=None, help="JSON result file (default: RUN_ROOT/ablations.json)")
     p.add_argument("--calibration-steps", type=int, default=20, help="timed steps that calibrate the run length")
+    p.add_argument("--eval-samples", nargs=2, type=int, default=None, metavar=("TRAIN", "TEST"),
+                   help="score on fixed stratified subsets of this many train / test images (the same for every "
+                        "run; default: the full 60k / 10k splits)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     return p.parse_args(argv)
 

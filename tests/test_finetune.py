@@ -206,7 +206,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         if key.endswith("attn.qkv.bias"):  # the key bias shifts every logit of a query equally: its true gradient
             value, other = value[torch.arange(48) // 16 != 1], other[torch.arange(48) // 16 != 1]  # is 0 (Adam
             # turns the float noise of the two reductions into steps of its own)
-        assert torch.allclose(value, other, atol=1e-5), key
+        # The head folds the feature normalisation in (bias = b - W mean / std): its entries are differences of
+        # terms in the hundreds, whose rounding scales with the largest of them.
+        scale = max(1.0, value.abs().max().item())
+        assert torch.allclose(value, other, rtol=1e-5, atol=1e-5 * scale), key
     assert json.loads((tmp_path / "two" / "final.json").read_text())["top1"] == pytest.approx(one.top1, abs=1e-6)
 
 

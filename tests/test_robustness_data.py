@@ -42,13 +42,14 @@ def test_pretrain_on_a_messy_folder_completes_and_reports_bad_files_once(messy, 
                                                                          monkeypatch):
     root, unreadable, _ = messy
     shapes = []
-    real_step = trainer_module.train_step
+    real_step = trainer_module.accumulated_step
 
-    def spy(model, optimizer, images, ctx, tgt, *args, **kwargs):
-        shapes.append((tuple(images.shape), ctx.shape[0], tgt.shape[1]))
-        return real_step(model, optimizer, images, ctx, tgt, *args, **kwargs)
+    def spy(model, optimizer, micro_batches, *args, **kwargs):
+        for images, ctx, tgt in micro_batches:
+            shapes.append((tuple(images.shape), ctx.shape[0], tgt.shape[1]))
+        return real_step(model, optimizer, micro_batches, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "train_step", spy)
+    monkeypatch.setattr(trainer_module, "accumulated_step", spy)
     run = tmp_path / "run"
     overrides = [*TINY, *FOLDER_RUN, f"data.path={root}", f"train.out_dir={run}"]
 

@@ -169,7 +169,7 @@ RANGES: dict[str, Bound] = {
     "train.keep_every": at_least(0, "0: keep only the latest"),
     "train.log_every": at_least(1, "steps"),
     "train.progress_seconds": at_least(0, "0: a line at every step"),
-    "train.max_minutes": above(0, "or null for no limit"),
+    "train.max_minutes": at_least(0, "0: stop before the first step; or null for no limit"),
     "train.max_steps": at_least(1, "or null for no limit"),
     "train.skip_nonfinite": at_least(0),
     "train.threads": at_least(1, "or null for torch's default"),
