@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic_write import atomic_write, fsync_dir, make_readable
 from ..errors import DataError
 from .bad_files import BadFile
 from .folder import FolderSource, folder_splits
@@ -62,21 +63,6 @@ def _key(serial: int, path: str) -> str:
     return f"{serial:08d}_{_UNSAFE.sub('_', stem)[:60]}"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _make_readable(fd: int) -> None:
-    """Give a temporary file the permissions of a normally created one (``mkstemp`` makes it owner-only, which
-    would hide the shards from the other users and services of a cluster)."""
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-    except (OSError, AttributeError):  # no fchmod (Windows)
-        pass
-
-
 def _tar_bytes(size: int) -> int:
     """Bytes a member of ``size`` bytes takes in a tar file: its header and its data padded to whole blocks."""
     return _BLOCK + -(-size // _BLOCK) * _BLOCK
@@ -92,7 +78,7 @@ class _ShardFile:
     def __init__(self, path: Path):
         self.path = path
         fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        _make_readable(fd)
+        make_readable(fd)
         self.file = os.fdopen(fd, "wb")
         self.samples = 0
         self.bytes = 2 * _BLOCK  # counting the end-of-archive blocks from the start
@@ -118,33 +104,6 @@ class _ShardFile:
         except OSError:
             pass
         Path(self.tmp).unlink(missing_ok=True)
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    _make_readable(fd)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _read_image(path: str) -> bytes:
@@ -254,8 +213,9 @@ def write_shards(folder: str | Path, out: str | Path, shard_size: int | None = N
         results.append(result)
     classes = sources[0].classes
     if classes:
-        _write_text_atomically(out / CLASSES_FILE, "".join(f"{c}\n" for c in classes))
-    _fsync_dir(out)
+        with atomic_write(out / CLASSES_FILE, "w", shared=True) as f:
+            f.write("".join(f"{c}\n" for c in classes))
+    fsync_dir(out)
     return results
 
 
