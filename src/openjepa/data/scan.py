@@ -117,11 +117,10 @@ def scan_split(root: Path, split: str, workers: int = 0, progress: bool = True) 
     return report
 
 
-@dataclass
-class FolderReport:
-    """Findings for a whole folder dataset (one report per split)."""
+class SplitsVerdict:
+    """What a folder's and a shard set's reports share: ``splits`` (training split first), whether training can
+    run, and the text of the per-split findings with the verdict."""
 
-    root: Path
     splits: list[SplitReport]
 
     @property
@@ -129,18 +128,29 @@ class FolderReport:
         """Training can run: the training split has at least one readable image."""
         return self.splits[0].readable > 0
 
-    def format(self, limit: int = 20) -> str:
-        if len(self.splits) > 1:
-            layout = "splits " + " + ".join(f"{s.name}/" for s in self.splits)
-        else:
-            layout = "a single training split (no train/ + val/ or test/ sub-folders)"
-        lines = [f"Folder {self.root}: {layout}"]
+    def _format(self, header: str, limit: int) -> str:
+        lines = [header]
         for split in self.splits:
             lines += _format_split(split, limit)
         verdict = (f"usable: {self.splits[0].readable:,} readable training images" if self.usable else
                    "NOT usable: no readable training image")
         lines.append(f"Result: {verdict}")
         return "\n".join(lines)
+
+
+@dataclass
+class FolderReport(SplitsVerdict):
+    """Findings for a whole folder dataset (one report per split)."""
+
+    root: Path
+    splits: list[SplitReport]
+
+    def format(self, limit: int = 20) -> str:
+        if len(self.splits) > 1:
+            layout = "splits " + " + ".join(f"{s.name}/" for s in self.splits)
+        else:
+            layout = "a single training split (no train/ + val/ or test/ sub-folders)"
+        return self._format(f"Folder {self.root}: {layout}", limit)
 
 
 def _format_counts(counts: Counter, limit: int = 8) -> str:

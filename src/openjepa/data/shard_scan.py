@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .images import UnreadableImage
-from .scan import ImageCheck, SplitReport, _format_split, check_image
+from .scan import ImageCheck, SplitReport, SplitsVerdict, check_image
 from .shard_index import SPLIT_PREFIXES
 from .shards import ShardSource
 
@@ -57,25 +57,15 @@ def scan_shard_split(spec, split: str, workers: int = 0, progress: bool = True) 
 
 
 @dataclass
-class ShardReport:
+class ShardReport(SplitsVerdict):
     """Findings for the splits of a set of shards (the same report as for folders)."""
 
     spec: object
     splits: list[SplitReport]
 
-    @property
-    def usable(self) -> bool:
-        return self.splits[0].readable > 0
-
     def format(self, limit: int = 20) -> str:
         shown = self.spec if isinstance(self.spec, str) else " ".join(map(str, self.spec))
-        lines = [f"Shards {shown}: split(s) {' + '.join(s.name for s in self.splits)}"]
-        for split in self.splits:
-            lines += _format_split(split, limit)
-        verdict = (f"usable: {self.splits[0].readable:,} readable training images" if self.usable else
-                   "NOT usable: no readable training image")
-        lines.append(f"Result: {verdict}")
-        return "\n".join(lines)
+        return self._format(f"Shards {shown}: split(s) {' + '.join(s.name for s in self.splits)}", limit)
 
 
 def scan_shards(spec, workers: int = 0, progress: bool = True) -> ShardReport:
