@@ -71,6 +71,8 @@ def test_learns_a_separable_task_and_not_shuffled_labels(tmp_path):
     assert final["top1"] == clean.top1 and final["classes"] == ["left", "right", "top"]
     for name in ("config.yaml", "metrics.csv", "monitor.csv", "splits.json", LATEST, BEST):
         assert (tmp_path / "run" / name).is_file(), name
+    # what train.precision=auto resolved to heads config.yaml, as in pretraining (the suite fixes fp32)
+    assert (tmp_path / "run" / "config.yaml").read_text().startswith("# train.precision=auto resolved to fp32 here")
 
 
 def test_layer_wise_decay_gives_each_block_its_documented_rate(tmp_path):

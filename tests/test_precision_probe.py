@@ -42,7 +42,6 @@ def test_shapes_are_scaled_to_the_budget():
 def test_run_header_and_records_say_what_auto_resolved_to(monkeypatch, tmp_path):
     from openjepa.config import load_config
     from openjepa.train import autoprecision, runtime
-    from openjepa.train.trainer import _precision_note
 
     measured = CpuRates({"fp32": {"onednn": 80e9, "aten": 100e9}, "bf16": {"onednn": 480e9, "aten": 300e9}},
                         {"fp32": {"sdpa": 1.0, "explicit": 2.0}, "bf16": {"sdpa": 1.0, "explicit": 3.0}})
@@ -57,7 +56,52 @@ def test_run_header_and_records_say_what_auto_resolved_to(monkeypatch, tmp_path)
     assert kernels.current_kernels() == {"linear": {"fp32": "aten", "bf16": "onednn"},
                                          "attention": {"fp32": "explicit", "bf16": "explicit"}}
     assert rt.precision_choice.record()["resolved"] == "bf16"
-    assert _precision_note(config, rt) == ("train.precision=auto resolved to bf16 here "
+    assert rt.precision_note() == ("train.precision=auto resolved to bf16 here "
                                            "(cpu, bf16 autocast: 4.8x the fp32 matmul rate here)")
     again = runtime.setup_runtime("cpu", "auto", autoprecision.run_probe_shapes(config), threads=1)
     assert len(seen) == 1 and again.precision_choice.reason == rt.precision_choice.reason  # from the cache
+
+
+def test_encoder_shapes_cover_every_patch_and_are_scaled():
+    from openjepa.speed_probe import encoder_probe_shapes
+
+    small = encoder_probe_shapes(192, 3, 4.0, batch=128, tokens=49)
+    images = small.attention[0][0]
+    assert small.linear == ((images * 49, 192, 768), (images * 49, 768, 192))  # no predictor shapes
+    assert small.attention == ((images, 3, 49, 64),) and probe_flops(small) <= MAX_FLOPS_PER_REP
+    assert encoder_probe_shapes(1280, 16, 4.0, batch=16, tokens=256).attention[0][0] == 1  # never below one image
+
+
+@pytest.mark.parametrize("source", ["pretrained", "random", "broken"])
+def test_fine_tuning_measures_its_own_encoder_for_auto(source, monkeypatch, tmp_path):
+    """``openjepa finetune`` with ``train.precision=auto`` measures the encoder it trains (before: nothing, so
+    fp32 on every CPU); settings that describe no encoder measure nothing and leave the error to the trainer."""
+    from openjepa.finetune import load_finetune_config, trainer
+    from openjepa.models import vit_encoder
+    from openjepa.pretrained import PretrainedEncoder
+
+    overrides = ["model.arch=vit_tiny", "model.embed_dim=16", "model.num_heads=2", "model.patch_size=4",
+                 "model.img_size=16", "data.batch_size=8", f"train.out_dir={tmp_path}", "train.threads=1"]
+    if source == "broken":
+        overrides += ["model.num_heads=3"]  # 16 is not divisible by 3
+    cfg = load_finetune_config("digits", overrides)
+    pretrained = None
+    if source == "pretrained":  # the encoder's own architecture wins over the recipe's model section
+        pretrained = PretrainedEncoder(vit_encoder("vit_tiny", img_size=8, patch_size=2, embed_dim=24, depth=1,
+                                                   num_heads=4, in_chans=1))
+    seen = []
+
+    def stop_here(device, precision, shapes=None, threads=None):
+        seen.append((precision, shapes, threads))
+        raise KeyboardInterrupt  # nothing after the runtime matters here
+
+    monkeypatch.setattr(trainer, "setup_runtime", stop_here)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.finetune(cfg, pretrained)
+    (precision, shapes, threads), = seen
+    assert precision == cfg.train.precision == "auto" and threads == 1
+    if source == "broken":
+        assert shapes is None
+    else:
+        dim, heads, tokens = (24, 4, 16) if source == "pretrained" else (16, 2, 16)
+        assert shapes.linear[0][1:] == (dim, 4 * dim) and shapes.attention[0][1:] == (heads, tokens, dim // heads)

@@ -2,11 +2,12 @@
 
 For each dtype (fp32, and bf16 under autocast with fp32 master weights, as a training step runs it) this times the
 forward + backward of the model's MLP layers through each linear kernel (oneDNN, ``F.linear``) and of its
-attention through each attention kernel (SDPA, explicit), for the encoder and the predictor. bf16 is first
-screened on a small single-threaded matmul: where bf16 is emulated (no ``avx512_bf16``/AMX) it runs at a few
-hundredths of fp32 or less, and timing it at the model's shapes would take minutes; a bf16 kernel whose first call
-takes :data:`GIVE_UP_FACTOR` times fp32's best is not timed further either. The batch is scaled down so that one
-repetition is at most :data:`MAX_FLOPS_PER_REP`: about half a second on two cores for the small models.
+attention through each attention kernel (SDPA, explicit), for the encoder and the predictor (pretraining) or the
+encoder alone (fine-tuning). bf16 is first screened on a small single-threaded matmul: where bf16 is emulated (no
+``avx512_bf16``/AMX) it runs at a few hundredths of fp32 or less, and timing it at the model's shapes would take
+minutes; a bf16 kernel whose first call takes :data:`GIVE_UP_FACTOR` times fp32's best is not timed further either.
+The batch is scaled down so that one repetition is at most :data:`MAX_FLOPS_PER_REP`: about half a second on two
+cores for the small models.
 """
 
 from __future__ import annotations
@@ -59,6 +60,24 @@ def probe_shapes(embed_dim: int, num_heads: int, mlp_ratio: float, pred_dim: int
              (pred_seqs, pred_heads, pred_len, pred_dim // pred_heads)),
         )
 
+    return _scaled(shapes, batch)
+
+
+def encoder_probe_shapes(embed_dim: int, num_heads: int, mlp_ratio: float, batch: int, tokens: int) -> ProbeShapes:
+    """Shapes of an encoder's MLP and attention over ``tokens`` patches per image, without a predictor: what a
+    fine-tuning step multiplies (the whole image goes through the encoder), scaled down like :func:`probe_shapes`."""
+    hidden = int(embed_dim * mlp_ratio)
+
+    def shapes(b: int) -> ProbeShapes:
+        return ProbeShapes(((b * tokens, embed_dim, hidden), (b * tokens, hidden, embed_dim)),
+                           ((b, num_heads, tokens, embed_dim // num_heads),))
+
+    return _scaled(shapes, batch)
+
+
+def _scaled(shapes, batch: int) -> ProbeShapes:
+    """``shapes(b)`` at the largest ``b <= batch`` (at least one image) whose repetition stays within
+    :data:`MAX_FLOPS_PER_REP`."""
     per_image = probe_flops(shapes(1))
     return shapes(max(1, min(batch, int(MAX_FLOPS_PER_REP // max(per_image, 1.0)))))
 

@@ -44,6 +44,7 @@ from ..eval.accuracy import topk_hits
 from ..eval.features import extract_features
 from ..eval.probe import linear_probe
 from ..models.classifier import ViTClassifier, set_drop_path
+from ..models.pos_embed import to_2tuple
 from ..models.vit import VisionTransformer
 from ..pretrained import ClassifierInfo, PretrainedEncoder, read_classifier
 from ..run_folder import (
@@ -60,6 +61,7 @@ from ..run_folder import (
     save_run_config,
 )
 from ..schedules import warmup_cosine
+from ..speed_probe import ProbeShapes, encoder_probe_shapes
 from ..train.checkpoints import Position, first_non_finite
 from ..train.progress import Progress
 from ..train.run_log import RunLog
@@ -267,7 +269,7 @@ class FineTuner:
                 # belong to an attempt that never saved its latest checkpoint
                 clear_earlier_run(self.run_dir, overwrite=True, checkpoints=FINETUNE_CHECKPOINTS)
             remove_unfinished_writes(self.run_dir)
-            save_run_config(self.cfg, self.run_dir)
+            save_run_config(self.cfg, self.run_dir, self.rt.precision_note())
             (self.run_dir / SPLITS_JSON).write_text(json.dumps(self.data.splits.to_dict()) + "\n")
             resume_step = self.position.global_step if self.resume is not None else None
             self.log = RunLog(self.run_dir, resume_step, self.cfg.train.tensorboard, step_fields=STEP_FIELDS)
@@ -458,6 +460,18 @@ class FineTuner:
               + (f"; resuming at step {self.position.global_step}" if self.position.global_step else ""), flush=True)
 
 
+def probe_shapes(cfg: FinetuneConfig, pretrained: PretrainedEncoder | None) -> ProbeShapes | None:
+    """The matmul shapes of one fine-tuning step (the encoder over every patch of the image), for the CPU
+    measurement behind ``train.precision=auto``; None when the settings describe no encoder (the trainer then says
+    what is wrong). A resumed run's ``cfg.model`` is the one its folder recorded."""
+    a = pretrained.encoder.arch() if pretrained is not None else cfg.model.encoder_kwargs()
+    (height, width), patch = to_2tuple(a["img_size"]), a["patch_size"]
+    if patch < 1 or height < patch or width < patch or a["embed_dim"] % a["num_heads"]:
+        return None
+    return encoder_probe_shapes(a["embed_dim"], a["num_heads"], a["mlp_ratio"], cfg.data.batch_size,
+                                (height // patch) * (width // patch))
+
+
 def finetune(cfg: FinetuneConfig, pretrained: PretrainedEncoder | VisionTransformer | None = None,
              resume: str | Path | None = None, overwrite: bool = False) -> FinetuneResult:
     """Fine-tune ``pretrained`` (a :class:`PretrainedEncoder`, a bare encoder, or None for a random encoder of
@@ -474,7 +488,7 @@ def finetune(cfg: FinetuneConfig, pretrained: PretrainedEncoder | VisionTransfor
         raise UserError(f"finetune.init is {cfg.finetune.init!r} but no encoder was given: load it with "
                         f"openjepa.interop.load_pretrained({cfg.finetune.init!r}) and pass it, or use "
                         f"`openjepa finetune`, which does")
-    runtime = setup_runtime(cfg.train.device, cfg.train.precision)
+    runtime = setup_runtime(cfg.train.device, cfg.train.precision, probe_shapes(cfg, pretrained), cfg.train.threads)
     try:
         resume_file = checkpoint_in(resume, (FINETUNE_LATEST,)) if resume is not None else None
         return FineTuner(cfg, runtime, pretrained, resume_file, overwrite).run()

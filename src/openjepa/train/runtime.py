@@ -45,6 +45,13 @@ class Runtime:
         where = f"{self.device}" + (f", {self.world_size} processes" if self.distributed else "")
         return f"{where}, {self.precision_choice.reason if self.precision_choice else self.precision}"
 
+    def precision_note(self) -> str | None:
+        """The ``config.yaml`` comment that records what ``train.precision`` resolved to on this machine."""
+        choice = self.precision_choice
+        if choice is None:
+            return None
+        return f"train.precision={choice.requested} resolved to {choice.precision} here ({choice.describe()})"
+
 
 def _pick_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":

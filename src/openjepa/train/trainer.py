@@ -280,7 +280,7 @@ class Trainer:
             if self.resume is None:
                 clear_earlier_run(self.run_dir, self.overwrite)
             remove_unfinished_writes(self.run_dir)
-            save_run_config(self.cfg, self.run_dir, _precision_note(self.cfg, self.rt))
+            save_run_config(self.cfg, self.run_dir, self.rt.precision_note())
             resume_step = self.position.global_step if self.resume is not None else None
             self.log = RunLog(self.run_dir, resume_step, self.cfg.train.tensorboard, grad_norm=self._logs_grad_norm)
         barrier(self.rt)
@@ -517,12 +517,4 @@ class Trainer:
             + (f"; resuming at step {self.position.global_step}" if self.position.global_step else ""),
             flush=True,
         )
-
-
-def _precision_note(config: RunConfig, runtime: Runtime) -> str | None:
-    """The config.yaml comment that records what ``train.precision`` resolved to on this machine."""
-    choice = runtime.precision_choice
-    if choice is None:
-        return None
-    return f"train.precision={config.train.precision} resolved to {choice.precision} here ({choice.describe()})"
 
