@@ -134,12 +134,14 @@ def calibrate(cfg, pretrained: PretrainedEncoder, scratch: Path) -> float:
 
 def budgeted(cfg, step_s: float, minutes: float, n_train: int, n_holdout: int):
     """``cfg`` with as many epochs as fit in ``minutes`` of training loop (held-out evaluations included), a
-    checkpoint every tenth of the run (low-shot runs have many short epochs)."""
+    checkpoint every tenth of the run (low-shot runs have many short epochs). The warm-up is at most a tenth of the
+    run: where only an epoch or two fit (all the labels on a slow CPU), a whole-epoch warm-up would end the run at
+    its peak learning rate, without the cosine decay."""
     steps_per_epoch = max(1, n_train // cfg.data.batch_size)
     eval_s = n_holdout * step_s / cfg.data.batch_size / 3  # a forward pass is about a third of a training step
     epochs = max(1, int(minutes * 60 * (1 - SAFETY_MARGIN) / (steps_per_epoch * step_s + eval_s)))
     optim = dataclasses.replace(cfg.optim, epochs=epochs,
-                                warmup_epochs=min(cfg.optim.warmup_epochs, max(1.0, epochs / 10)))
+                                warmup_epochs=min(cfg.optim.warmup_epochs, epochs / 10))
     train = dataclasses.replace(cfg.train, max_minutes=minutes, checkpoint_every=max(1, epochs // 10))
     return dataclasses.replace(cfg, optim=optim, train=train)
 
