@@ -17,7 +17,9 @@ benchmarks/results/finetune_fmnist.json), with a Markdown table and the issue's 
 
 Examples (docs/benchmarks.md, "Downstream")::
 
-    python benchmarks/finetune_fmnist.py --checkpoint runs/quality_fmnist --minutes 10
+    python benchmarks/finetune_fmnist.py --checkpoint runs/quality_fmnist --minutes 10 --attentive-epochs 5
+    python benchmarks/finetune_fmnist.py --checkpoint runs/quality_fmnist --minutes 10 --fractions 1 \
+        --skip knn linear attentive --out benchmarks/results/finetune_fmnist_100pct.json
     python benchmarks/finetune_fmnist.py --checkpoint runs/quality_fmnist --minutes 10 --draws 1 --skip attentive
     # a smoke test in about a minute, on the embedded digits, with any small checkpoint:
     python benchmarks/finetune_fmnist.py --checkpoint runs/digits -c digits --minutes 0.1 --fractions 0.05 1 \\
