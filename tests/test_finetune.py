@@ -220,3 +220,13 @@ def test_pretraining_refuses_a_fine_tuning_run_folder(tmp_path):
     (tmp_path / "ft" / LATEST).write_bytes(b"")
     with pytest.raises(UserError, match="holds a fine-tuning run"):
         pretrain(tiny_config(tmp_path / "ft"))
+
+
+@pytest.mark.parametrize("epochs, augment, advised", [(1, True, True), (2, True, True), (3, True, False),
+                                                      (1, False, False)])
+def test_a_short_run_on_augmented_images_is_told_what_did_better(tmp_path, capsys, epochs, augment, advised):
+    # docs/benchmarks.md, "Fine-tuning in one epoch": crops and flips cost more than they teach in one epoch
+    finetune(config(tmp_path / "run", f"optim.epochs={epochs}", f"finetune.augment={str(augment).lower()}",
+                    "data.max_samples=160", "train.max_steps=1", "finetune.head_init=random"))
+    out = capsys.readouterr().out
+    assert ("finetune.augment=false optim.drop_path=0 finetune.head_init=random" in out) == advised

@@ -107,6 +107,20 @@ class FinetuneConfig(Sections):
     train: TrainConfig = field(default_factory=_finetune_train)
 
 
+SHORT_RUN_EPOCHS = 2  # runs of at most this many epochs get the advice below
+
+
+def short_run_advice(cfg: FinetuneConfig) -> str | None:
+    """A note for a run of at most :data:`SHORT_RUN_EPOCHS` epochs that trains on augmented images, else None.
+    Why: measured on Fashion-MNIST (docs/benchmarks.md, "Fine-tuning in one epoch"), one epoch on crops and flips
+    ended below its starting point, one epoch without them, from a random head, was a real gain."""
+    if cfg.optim.epochs > SHORT_RUN_EPOCHS or not cfg.finetune.augment:
+        return None
+    return (f"note: {cfg.optim.epochs} epoch(s) on augmented images. In runs this short the crops and flips can "
+            f"cost more than they teach; on Fashion-MNIST one epoch did better with finetune.augment=false "
+            f"optim.drop_path=0 finetune.head_init=random (docs/downstream.md, \"Short runs\")")
+
+
 def model_section(encoder: VisionTransformer) -> ModelConfig:
     """The ``model`` section describing a given encoder (what a run folder's ``config.yaml`` records, so that its
     settings say which network was fine-tuned; the weights' own architecture is in the checkpoints)."""

@@ -70,7 +70,7 @@ from ..train.shell import loop_shell
 from ..train.stopping import COMPLETED, limit_reached, past_deadline, stop_reason
 from ..viz.run import save_run_plot
 from .checkpoints import finetune_state, read_resume_state, restore_finetune_state
-from .config import FinetuneConfig, model_section
+from .config import FinetuneConfig, model_section, short_run_advice
 from .data import FinetuneData, build_finetune_data
 from .head import FinetuneNet
 from .optim import make_finetune_optimizer, set_lr
@@ -458,6 +458,9 @@ class FineTuner:
               f"{d.batch_size} x {self.rt.world_size} process(es), {self.steps_per_epoch} steps/epoch x {o.epochs} "
               f"epochs, lr {o.lr:g} (layer decay {o.layer_decay:g}), {self.rt.describe()} -> {self.run_dir}"
               + (f"; resuming at step {self.position.global_step}" if self.position.global_step else ""), flush=True)
+        advice = short_run_advice(self.cfg)
+        if advice and not self.position.global_step:
+            print(advice, flush=True)
 
 
 def probe_shapes(cfg: FinetuneConfig, pretrained: PretrainedEncoder | None) -> ProbeShapes | None:
