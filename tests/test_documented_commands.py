@@ -20,6 +20,7 @@ import pytest
 from openjepa.cli.main import main as cli_main
 from openjepa.cli.main import parse_args
 from openjepa.config import ConfigError, load_config, recipe_names
+from openjepa.finetune import finetune_recipe_names, load_finetune_config
 from test_train import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,15 +122,18 @@ def test_the_docs_hold_the_commands_this_test_is_about():
     assert any(error for _, _, error in COMMANDS)  # the docs' examples of refused commands are found too
 
 
-def _check_settings(args) -> None:
-    """The settings a command line gives (recipe plus dotted overrides) pass the config's validation."""
+def _check_settings(args, subcommand: str) -> None:
+    """The settings a command line gives (recipe plus dotted overrides) pass the validation of its config: the
+    fine-tuning config for ``finetune``, the pretraining config otherwise."""
     config = getattr(args, "config", None)
     overrides = list(getattr(args, "overrides", None) or [])
     if config is None and not overrides:
         return
-    if config is not None and config not in recipe_names():
+    names, load = (finetune_recipe_names(), load_finetune_config) if subcommand == "finetune" else (
+        recipe_names(), load_config)
+    if config is not None and config not in names:
         config = str(ROOT / config) if (ROOT / config).exists() else config
-    load_config(config, overrides)
+    load(config, overrides)
 
 
 @pytest.mark.parametrize("where, argv, error", COMMANDS, ids=[w for w, _, _ in COMMANDS])
@@ -140,11 +144,11 @@ def test_documented_command_parses_with_valid_settings(where, argv, error):
         pytest.fail(f"{where}: the CLI refuses this command line (exit {exc.code})")
     assert getattr(args, "func", None) is not None, f"{where}: names no subcommand"
     if error is None:
-        _check_settings(args)
+        _check_settings(args, argv[0])
         return
     # an example of a refused command: a settings mistake is refused with the message the docs show (up to "...")
     try:
-        _check_settings(args)
+        _check_settings(args, argv[0])
     except ConfigError as exc:
         assert str(exc).startswith(error.split("...")[0].rstrip()), f"{where}: docs say {error!r}, got {exc}"
 
