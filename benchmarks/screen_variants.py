@@ -33,6 +33,7 @@ this protocol by the scratch script this one replaces; with this one they are, f
         train.threads=1 --steps 600
     python benchmarks/screen_variants.py random_init --random train.threads=1
     python benchmarks/screen_variants.py vic1 --eval-only                # score runs/screen/vic1 again
+    python benchmarks/screen_variants.py t8_base train.threads=1 --minutes 8   # equal wall clock instead
 
 (The recorded lines also list ``optim.warmup_epochs=0.064``: the 10 % warm-up of 600 steps, which the scratch
 script had to be given and which this one sets by itself.)
@@ -106,7 +107,12 @@ def protocol(args: argparse.Namespace, cfg: RunConfig) -> str:
         what = f"random-init twin of the recipe's encoder (seed {cfg.eval.seed})"
     else:
         share = cfg.optim.warmup_epochs / cfg.optim.epochs
-        length = "an existing run" if args.eval_only else f"{args.steps} steps"
+        if args.eval_only:
+            length = "an existing run"
+        elif args.minutes is not None:
+            length = f"{args.minutes:g} minutes of wall clock, run length calibrated"
+        else:
+            length = f"{args.steps} steps"
         what = (f"{length} (schedules end there, warm-up {share:.0%}), batch {cfg.data.batch_size}, "
                 f"target encoder")
     return (f"{what}, mean-pooled; k-NN (k={KNN_K}) and linear probe on {args.ntrain} train / {args.ntest} test "
@@ -114,9 +120,10 @@ def protocol(args: argparse.Namespace, cfg: RunConfig) -> str:
 
 
 # -- training ----------------------------------------------------------------------------------------------------
-def pretrain(cfg: RunConfig, steps: int) -> dict:
-    """Train ``cfg`` for exactly ``steps`` steps (the folder is started afresh); what the run did."""
-    done = pretrain_within(cfg, steps=steps)
+def pretrain(cfg: RunConfig, steps: int | None, minutes: float | None) -> dict:
+    """Train ``cfg`` for exactly ``steps`` steps, or for ``minutes`` of wall clock (calibration included; the
+    schedules end where the calibrated run length does), in a folder started afresh; what the run did."""
+    done = pretrain_within(cfg, steps=steps) if minutes is None else pretrain_within(cfg, minutes=minutes)
     return {"steps": done["steps"], "schedule_completed": done["schedule_completed"],
             "stop_reason": done["stop_reason"], "train_s": done["total_s"], "final_loss": done["final_loss"],
             "warmup_epochs": done["plan"]["warmup_epochs"]}
@@ -176,8 +183,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = run_config(args)
     row: dict = {"name": args.name, "overrides": args.overrides, "random_init": args.random}
     if not (args.random or args.eval_only):
-        row["steps_arg"] = args.steps
-        row.update(pretrain(cfg, args.steps))
+        if args.minutes is None:
+            row["steps_arg"] = args.steps
+        else:
+            row["minutes_arg"] = args.minutes
+        row.update(pretrain(cfg, args.steps, args.minutes))
     if cfg.train.threads:  # the training run set it for itself; --random and --eval-only score under it too
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -194,8 +204,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("name", help="the variant's name: its run folder (RUN_ROOT/NAME) and the 'name' of its line")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="settings that make the variant, e.g. model.regularizer=none train.threads=1")
-    p.add_argument("--steps", type=int, default=600,
-                   help="training steps; the schedules end exactly there (default 600)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=600,
+                        help="training steps; the schedules end exactly there (default 600)")
+    length.add_argument("--minutes", type=float, default=None,
+                        help="instead of --steps: a wall-clock budget (equal-time comparisons: a cheaper variant "
+                             "makes more steps)")
     p.add_argument("-c", "--config", default="fashion_mnist", help="recipe name or YAML file (default fashion_mnist)")
     p.add_argument("--data-path", default=None, help="the dataset's folder, when not the recipe's")
     p.add_argument("--ntrain", type=int, default=10000, help="images of the stratified training subset (default 10000)")
@@ -210,6 +224,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be at least 1")
+    if args.minutes is not None and not 0 < args.minutes < float("inf"):
+        p.error("--minutes must be a positive number")
     return args
 
 
