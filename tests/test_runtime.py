@@ -24,12 +24,18 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: gpu["set"].append(torch.device(d)))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: f"Fake GPU {i}")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: gpu["capability"])
-    for module, flag in [(torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"),
-                         (torch.backends.cudnn, "benchmark")]:
-        monkeypatch.setattr(module, flag, getattr(module, flag))
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    return gpu
+    # Saved and put back by hand: `torch.backends.cuda.matmul.allow_tf32` is served by the module's __getattr__,
+    # which newer pytest versions refuse to monkeypatch (they look the attribute up statically).
+    flags = [(torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"),
+             (torch.backends.cudnn, "benchmark")]
+    saved = [(module, flag, getattr(module, flag)) for module, flag in flags]
+    try:
+        yield gpu
+    finally:
+        for module, flag, value in saved:
+            setattr(module, flag, value)
 
 
 @pytest.mark.parametrize("capability, requested, dtype, scaler", [
