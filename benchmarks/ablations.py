@@ -20,6 +20,10 @@ Two ways to make the comparison fair, both reported (``--match``):
 * ``steps``: every variant makes exactly as many steps as the ``ijepa`` run of the same seed (schedules fitted
   the same way), whatever the time it takes.
 
+With ``--minutes``, each run's length is re-planned as it goes so that its schedules end at the deadline
+(``train.fit_to_deadline``); ``--fixed-length`` keeps the calibrated length, the protocol of results measured
+before re-planning existed (a reused ``ijepa`` run must have been measured the same way).
+
 Each run's target encoder is scored on the full 60k / 10k splits (or, with ``--eval-samples TRAIN TEST``, on fixed
 stratified subsets, the same for every run): linear probe and k-NN, ``mean`` pool. For each
 variant the mean over ``--seeds`` and the spread (max - min) are reported; an ablation "points the paper's way"
@@ -75,15 +79,22 @@ def run_key(variant: str, seed: int, match: str) -> str:
 
 def same_recipe(theirs: dict, ours: dict) -> bool:
     """Whether two configs describe the same training recipe (model, mask, data and optim; ``train`` holds the
-    output folder and the seed, ``eval`` only the evaluation)."""
-    return all(theirs.get(k) == ours.get(k) for k in ("model", "mask", "data", "optim"))
+    output folder and the seed, ``eval`` only the evaluation). A setting that one config lacks and the other
+    leaves unset (None) is the same: a result written before the setting existed (``optim.accum_steps``,
+    ``data.global_batch``) still describes the same run."""
+    def set_values(section: dict | None) -> dict:
+        return {k: v for k, v in (section or {}).items() if v is not None}
+    return all(set_values(theirs.get(k)) == set_values(ours.get(k)) for k in ("model", "mask", "data", "optim"))
 
 
-def reused_ijepa(path: Path, cfg_dict: dict, minutes: float) -> dict:
+def reused_ijepa(path: Path, cfg_dict: dict, minutes: float, fit_to_deadline: bool) -> dict:
     """The ``ijepa`` run of one seed from a quality_fmnist.py result, after checking it measured the same thing."""
     report = json.loads(path.read_text())
     if report.get("minutes") != minutes:
         raise SystemExit(f"{path} was measured with a {report.get('minutes')}-minute budget, not {minutes}")
+    if report["training"]["plan"].get("fit_to_deadline", False) != fit_to_deadline:
+        raise SystemExit(f"{path} was measured with{'out' if fit_to_deadline else ''} re-planning to the deadline; "
+                         f"pass {'--fixed-length' if fit_to_deadline else 'no --fixed-length'} to compare with it")
     if not same_recipe(report["config"], cfg_dict):
         raise SystemExit(f"{path} was measured with another recipe (model, mask, data or optim settings differ); "
                          f"run the ijepa variant here instead")
@@ -92,8 +103,8 @@ def reused_ijepa(path: Path, cfg_dict: dict, minutes: float) -> dict:
 
 
 def train_and_score(cfg, minutes: float | None, steps: int | None, calibration_steps: int,
-                    samples: tuple[int, int] | None) -> dict:
-    training = pretrain_within(cfg, minutes, calibration_steps, steps=steps)
+                    samples: tuple[int, int] | None, fit_to_deadline: bool = True) -> dict:
+    training = pretrain_within(cfg, minutes, calibration_steps, steps=steps, fit_to_deadline=fit_to_deadline)
     started = time.monotonic()
     results = evaluate_encoders(cfg, Path(cfg.train.out_dir), ["target"], ["mean"], samples=samples)
     return {"training": training, "results": results, "evaluation_s": round(time.monotonic() - started, 1)}
@@ -150,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
                     overrides.append(f"data.path={args.data_path}")
                 cfg = load_config(args.config, overrides)
                 if variant == "ijepa" and seed in reuse:
-                    runs[key] = reused_ijepa(Path(reuse[seed]), cfg.to_dict(), args.minutes)
+                    runs[key] = reused_ijepa(Path(reuse[seed]), cfg.to_dict(), args.minutes,
+                                                 not args.fixed_length)
                     continue
                 steps = None
                 if match == "steps":
@@ -161,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
                     steps = base["training"]["steps"]
                 runs[key] = {"variant": variant, "seed": seed, "match": match, "overrides": VARIANTS[variant],
                              **train_and_score(cfg, None if steps else args.minutes, steps, args.calibration_steps,
-                                               samples)}
+                                               samples, not args.fixed_length)}
     report = {"benchmark": "ablations", "command": "python benchmarks/ablations.py " + " ".join(argv),
               "minutes": args.minutes, "seeds": args.seeds, "eval_samples": args.eval_samples or "full splits",
               "runs": runs, "paper": PAPER,
@@ -197,6 +209,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="add the runs of earlier ablations.py results of the same budget")
     p.add_argument("--out", default=None, help="JSON result file (default: RUN_ROOT/ablations.json)")
     p.add_argument("--calibration-steps", type=int, default=20, help="timed steps that calibrate the run length")
+    p.add_argument("--fixed-length", action="store_true",
+                   help="keep the calibrated run length (the protocol of results before fit_to_deadline) instead "
+                        "of re-planning it as the run goes")
     p.add_argument("--eval-samples", nargs=2, type=int, default=None, metavar=("TRAIN", "TEST"),
                    help="score on fixed stratified subsets of this many train / test images (the same for every "
                         "run; default: the full 60k / 10k splits)")

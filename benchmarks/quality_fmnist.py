@@ -1,8 +1,9 @@
 """Quality benchmark: I-JEPA on Fashion-MNIST within a fixed wall-clock budget, evaluated on frozen features.
 
 Pretrains the ``fashion_mnist`` recipe (plus any ``KEY=VALUE`` overrides) for ``--minutes`` of wall-clock time
-(calibration, setup, training, monitor and checkpoints included; see ``_budget.py`` for how the budget is
-enforced), then extracts features of the full 60,000 training and 10,000 test images and reports, for the I-JEPA
+(calibration, setup, training, monitor and checkpoints included; the run's length re-planned as it goes so that
+its schedules end at the deadline, or with ``--fixed-length`` the calibrated length; see ``_budget.py`` for how
+the budget is enforced), then extracts features of the full 60,000 training and 10,000 test images and reports, for the I-JEPA
 target encoder, the context encoder, the same architecture at random initialisation and the raw pixels:
 
 * linear-probe top-1/top-5 (openjepa.eval's protocol: standardised features, weight decay chosen on 10% of the
@@ -18,7 +19,7 @@ Examples (docs/benchmarks.md, "Quality", has the results)::
 
     python benchmarks/quality_fmnist.py --minutes 20                      # seed 0 -> runs/quality_fmnist
     python benchmarks/quality_fmnist.py --minutes 20 --seed 1             # -> runs/quality_fmnist-seed1
-    python benchmarks/quality_fmnist.py --minutes 6 --encoders target --pools mean optim.lr=2e-3
+    python benchmarks/quality_fmnist.py optim.lr=2e-3 --minutes 6 --encoders target --pools mean
     python benchmarks/quality_fmnist.py --minutes 20 --eval-only          # evaluate runs/quality_fmnist again
 """
 
@@ -84,7 +85,8 @@ def trained_run(cfg, run_dir: Path, args: argparse.Namespace) -> dict:
         if training.get("minutes") != args.minutes:
             raise SystemExit(f"{record} is a {training.get('minutes')}-minute run, not {args.minutes}")
         return training
-    training = {"minutes": args.minutes, **pretrain_within(cfg, args.minutes, args.calibration_steps)}
+    training = {"minutes": args.minutes, **pretrain_within(cfg, args.minutes, args.calibration_steps,
+                                                              fit_to_deadline=not args.fixed_length)}
     record.write_text(json.dumps(training, indent=2) + "\n")
     return training
 
@@ -144,6 +146,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate the run already in --run-dir (its training.json) instead of pretraining again")
     p.add_argument("--calibration-steps", type=int, default=20, help="timed steps that calibrate the run length")
+    p.add_argument("--fixed-length", action="store_true",
+                   help="keep the calibrated run length (the protocol of results before fit_to_deadline) instead "
+                        "of re-planning it as the run goes")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     return p.parse_args(argv)
 

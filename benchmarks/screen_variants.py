@@ -120,13 +120,15 @@ def protocol(args: argparse.Namespace, cfg: RunConfig) -> str:
 
 
 # -- training ----------------------------------------------------------------------------------------------------
-def pretrain(cfg: RunConfig, steps: int | None, minutes: float | None) -> dict:
+def pretrain(cfg: RunConfig, steps: int | None, minutes: float | None, fixed_length: bool = False) -> dict:
     """Train ``cfg`` for exactly ``steps`` steps, or for ``minutes`` of wall clock (calibration included; the
-    schedules end where the calibrated run length does), in a folder started afresh; what the run did."""
-    done = pretrain_within(cfg, steps=steps) if minutes is None else pretrain_within(cfg, minutes=minutes)
+    length re-planned as the run goes so that the schedules end at the deadline, or with ``fixed_length`` the
+    calibrated length), in a folder started afresh; what the run did."""
+    done = (pretrain_within(cfg, steps=steps) if minutes is None
+            else pretrain_within(cfg, minutes=minutes, fit_to_deadline=not fixed_length))
     return {"steps": done["steps"], "schedule_completed": done["schedule_completed"],
             "stop_reason": done["stop_reason"], "train_s": done["total_s"], "final_loss": done["final_loss"],
-            "warmup_epochs": done["plan"]["warmup_epochs"]}
+            "warmup_epochs": done["plan"]["warmup_epochs"], "fit_to_deadline": done["plan"]["fit_to_deadline"]}
 
 
 def encoder_to_score(args: argparse.Namespace, cfg: RunConfig) -> torch.nn.Module:
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
             row["steps_arg"] = args.steps
         else:
             row["minutes_arg"] = args.minutes
-        row.update(pretrain(cfg, args.steps, args.minutes))
+        row.update(pretrain(cfg, args.steps, args.minutes, args.fixed_length))
     if cfg.train.threads:  # the training run set it for itself; --random and --eval-only score under it too
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -210,6 +212,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     length.add_argument("--minutes", type=float, default=None,
                         help="instead of --steps: a wall-clock budget (equal-time comparisons: a cheaper variant "
                              "makes more steps)")
+    p.add_argument("--fixed-length", action="store_true",
+                   help="with --minutes: keep the calibrated run length (the protocol of lines written before "
+                        "fit_to_deadline) instead of re-planning it as the run goes")
     p.add_argument("-c", "--config", default="fashion_mnist", help="recipe name or YAML file (default fashion_mnist)")
     p.add_argument("--data-path", default=None, help="the dataset's folder, when not the recipe's")
     p.add_argument("--ntrain", type=int, default=10000, help="images of the stratified training subset (default 10000)")

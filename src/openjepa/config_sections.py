@@ -97,6 +97,9 @@ class TrainConfig:
     progress_seconds: float = 30.0  # without a terminal (CI, nohup, SLURM): seconds between plain progress lines
     tensorboard: bool = False
     max_minutes: float | None = None  # stop cleanly (with a checkpoint) after this much wall-clock time
+    # With max_minutes: re-plan the run's length from the measured step time as it goes, so that the LR, WD and
+    # EMA schedules end at the deadline instead of being cut short by it (epochs / max_steps: the first guess).
+    fit_to_deadline: bool = False
     # After SIGTERM/SIGINT: seconds (from the stop request) the run waits for its last checkpoint to be written
     # before exiting without it (the previous one stays). torchrun SIGKILLs its workers 30 s after SIGTERM by
     # default (--shutdown-timeout); null: wait however long the write takes.

@@ -1,7 +1,8 @@
 """Learning-rate, weight-decay and EMA-momentum schedules as pure functions of the step.
 
 Being pure functions (no internal counter), a run resumed at step ``k`` sees exactly the values of an
-uninterrupted run, and any step's values can be looked up without replaying the earlier ones.
+uninterrupted run, and any step's values can be looked up without replaying the earlier ones. The step may be
+fractional: a run fitted to a deadline (``openjepa.train.deadline``) looks its steps up at re-spaced positions.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, start: float, peak: float, final: float) -> float:
+def warmup_cosine(step: float, warmup_steps: int, total_steps: int, start: float, peak: float, final: float) -> float:
     """Linear warm-up from ``start`` to ``peak`` over ``warmup_steps``, then cosine decay to ``final`` at
     ``total_steps`` (held at ``final`` afterwards)."""
     if step < warmup_steps:
@@ -19,13 +20,13 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, start: float, 
     return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def cosine(step: int, total_steps: int, start: float, final: float) -> float:
+def cosine(step: float, total_steps: int, start: float, final: float) -> float:
     """Cosine from ``start`` at step 0 to ``final`` at ``total_steps`` (held afterwards)."""
     progress = min(1.0, step / max(1, total_steps))
     return final + (start - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def linear(step: int, total_steps: int, start: float, final: float) -> float:
+def linear(step: float, total_steps: int, start: float, final: float) -> float:
     """Straight line from ``start`` at step 0 to ``final`` at ``total_steps`` (held afterwards)."""
     progress = min(1.0, step / max(1, total_steps))
     return start + (final - start) * progress
@@ -49,15 +50,15 @@ class Schedules:
     ema_start: float = 0.996
     ema_end: float = 1.0
 
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: float) -> float:
         return warmup_cosine(step, self.warmup_steps, self.total_steps, self.start_lr, self.lr, self.final_lr)
 
-    def wd_at(self, step: int) -> float:
+    def wd_at(self, step: float) -> float:
         return cosine(step, self.total_steps, self.weight_decay, self.final_weight_decay)
 
-    def momentum_at(self, step: int) -> float:
+    def momentum_at(self, step: float) -> float:
         return linear(step, self.total_steps, self.ema_start, self.ema_end)
 
-    def at(self, step: int) -> tuple[float, float, float]:
+    def at(self, step: float) -> tuple[float, float, float]:
         """``(lr, weight_decay, ema_momentum)`` for ``step`` (0-based)."""
         return self.lr_at(step), self.wd_at(step), self.momentum_at(step)

@@ -167,6 +167,9 @@ class FineTuner:
                  resume: Path | None = None, overwrite: bool = False):
         self.cfg, self.rt, self.resume, self.overwrite = cfg, runtime, resume, overwrite
         self.run_dir = Path(cfg.train.out_dir)
+        if cfg.train.fit_to_deadline:  # the model is chosen at epoch ends: a length re-planned mid-epoch does not fit
+            raise UserError("train.fit_to_deadline is a pretraining setting; fine-tuning chooses its model at the "
+                            "ends of whole epochs: set optim.epochs to what fits (train.max_minutes stops the run)")
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if runtime.device.type == "cpu":

@@ -16,6 +16,9 @@ PREFLIGHT_MASK_BATCHES = 4  # masks drawn for the first batches before training,
 def check_settings(config: RunConfig, world_size: int) -> None:
     """The patch grid, the model's shapes, the batch sizes, and whether the masks can be drawn at all (the first
     batches' own masks: a failure now is a failure later)."""
+    if config.train.fit_to_deadline and config.train.max_minutes is None:
+        raise UserError("train.fit_to_deadline=true fits the run to train.max_minutes, which is not set: give a "
+                        "time budget, e.g. train.max_minutes=20")
     m = config.model
     height, width = to_2tuple(m.img_size)
     # model.patch_size >= 1 and the other ranges are checked when the settings are read (config_ranges.py)

@@ -67,6 +67,13 @@ class Progress:
                 f"| loss {self._mean_loss():.4f} | lr {lr:.2e} | {images_per_s:.0f} img/s | {_duration(elapsed)}, "
                 f"ETA {_duration(eta)}" + (f" | {self.alert}" if self.alert else ""))
 
+    def replan(self, total: int, epochs: int) -> None:
+        """The run's length changed (``train.fit_to_deadline``): ``total`` steps in ``epochs`` epochs."""
+        self.total, self.epochs = total, epochs
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
     def flag(self, alert: str | None) -> None:
         """A short alert shown with every later update (e.g. "WARNING: collapse suspected"); None clears it."""
         self.alert = alert

@@ -123,6 +123,17 @@ def any_process(flag: bool, runtime: Runtime) -> bool:
     return bool(t.item() > 0)
 
 
+def agree_min(value: int, runtime: Runtime) -> int:
+    """The smallest of every process's ``value`` (e.g. the steps that fit before a deadline, which each process
+    estimates from its own clock), the same on all."""
+    if not runtime.distributed:
+        return value
+    t = torch.tensor([float(value)], device=runtime.device if runtime.device.type == "cuda" else "cpu",
+                     dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def on_process_0(work: Callable[[], object], runtime: Runtime, errors: tuple[type[Exception], ...],
                  elsewhere: str) -> None:
     """Run ``work`` on process 0 (e.g. writing a checkpoint); when it raises one of ``errors``, every process

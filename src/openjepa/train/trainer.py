@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,6 +33,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import RunConfig, accumulation_steps
+from ..config_sections import TrainConfig
 from ..cpu_allocator import keep_freed_memory
 from ..data.collate import MaskedBatch
 from ..data.loader import build_pretrain_loader
@@ -59,12 +60,14 @@ from .checkpoints import (
     restore_training_state,
     training_state,
 )
+from .deadline import RunLength
 from .evaluation import RunMonitor
 from .preflight import build_model, check_settings
 from .progress import Progress
 from .run_log import RunLog
 from .runtime import (
     Runtime,
+    agree_min,
     any_process,
     barrier,
     exchange,
@@ -93,6 +96,7 @@ class PretrainResult:
     final_line: str | None = None
     bad_files: int = 0
     saved_step: int | None = None  # the step of jepa-latest.pth.tar (behind position when the last save timed out)
+    schedule_fit: dict | None = None  # train.fit_to_deadline: the fitted length and each re-plan
 
 
 class StepFlags(NamedTuple):
@@ -102,6 +106,7 @@ class StepFlags(NamedTuple):
     late: bool = False  # train.max_minutes ran out
     save_due: bool = False  # train.checkpoint_minutes passed since the last save (process 0's clock)
     save_failed: bool = False  # process 0's background checkpoint write failed
+    replan_due: bool = False  # train.fit_to_deadline: time to re-plan the run's length
 
 
 def micro_batch_seeds(seed: int, step: int, rank: int, world_size: int, accum_steps: int) -> list[int]:
@@ -165,13 +170,15 @@ class Trainer:
         self.optimizer = make_optimizer(self.model)
         self.scaler = torch.amp.GradScaler(runtime.device.type) if runtime.use_grad_scaler else None
         self.schedules = self._schedules()
-        self.position, self.provenance = Position(), {}
+        self.position, self.provenance, resumed = Position(), {}, {}
         if resume is not None:
             self.position, resumed = restore_training_state(
                 resume, self.model, self.optimizer, self.scaler, self.steps_per_epoch
             )
             self.provenance = provenance_of(resumed)
         self._check_same_position(resume)
+        self.length = RunLength(config, self.steps_per_epoch, self.position.global_step, resumed.get("schedule_fit"))
+        self.fit_completed = False  # a run of fitted length took its last step
         self.net = self._wrap(self.model)
         self.global_batch = config.data.batch_size * runtime.world_size * self.accum_steps
         self.monitor = self._build_monitor() if runtime.is_main else None
@@ -208,6 +215,15 @@ class Trainer:
             ema_start=o.ema[0], ema_end=o.ema[1],
         )
 
+    @property
+    def epochs(self) -> int:
+        """The run's number of epochs: the recipe's, or as many as its fitted length reaches."""
+        return self.length.epochs
+
+    def _schedule_values(self, step: int) -> tuple[float, float, float]:
+        """``(lr, weight_decay, ema_momentum)`` of ``step``: the schedules where the run's length puts the step."""
+        return self.schedules.at(self.length.position(step))
+
     def _wrap(self, model: IJEPA) -> torch.nn.Module:
         net: torch.nn.Module = model
         if self.rt.distributed:
@@ -228,25 +244,29 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------------------------
     def run(self) -> PretrainResult:
         cfg, rt = self.cfg, self.rt
+        self.started = time.monotonic()  # train.max_minutes counts from here
         self._open_run_dir()
-        planned_steps = cfg.optim.epochs * self.steps_per_epoch  # the run's length (the schedules may span more)
-        self._print_header(planned_steps)
-        self.progress = Progress(planned_steps, self.position.global_step, cfg.optim.epochs, rt.is_main,
+        self._print_header()
+        self.progress = Progress(self.length.steps, self.position.global_step, self.epochs, rt.is_main,
                                  cfg.train.log_every, cfg.train.progress_seconds)
+        baseline_started = time.monotonic()
         self._monitor_baseline()
-        self.started = time.monotonic()
-        self.checkpoints.last_start = self.started
+        loop_started = time.monotonic()
+        # A fitted run keeps time free for its last monitor run: about as long as the one before training.
+        self.length.start(cfg.train.max_minutes, self.started, self.position.global_step, loop_started,
+                          end_s=loop_started - baseline_started)
+        self.checkpoints.last_start = loop_started
         self.checkpoints.report = self.progress.write
         first_step, last_loss = self.position.global_step, math.nan
-        reason = limit_reached(cfg.train, self.position.global_step)  # a run resumed at its limit takes no step
+        reason = self._limit_at_start()  # a run resumed at its limit takes no step
         with loop_shell(self.data.loader, self.progress, self.log, self.data.bad_files, rt) as self.stop:
             try:
-                while reason is None and self.position.epoch < cfg.optim.epochs:
+                while reason is None and self.position.epoch < self.epochs:
                     self.data.set_epoch(self.position.epoch, self.position.step_in_epoch)
                     tick = time.perf_counter()
                     for batches in steps_of(self.data.loader, self.accum_steps):
                         data_ms = (time.perf_counter() - tick) * 1e3
-                        lr, wd, momentum = self.schedules.at(self.position.global_step)
+                        lr, wd, momentum = self._schedule_values(self.position.global_step)
                         out = self._step(batches, lr, wd, momentum)
                         step_ms = (time.perf_counter() - tick) * 1e3 - data_ms
                         self.position = self.position.after_step()
@@ -264,6 +284,8 @@ class Trainer:
                 if reason != COMPLETED and (self.position.global_step > first_step or self.saved_step is None):
                     self._save(last_loss, keep=False, stopped=True, signalled=reason == INTERRUPTED)
                     self._plot()  # while the checkpoint is written
+                elif self.fit_completed and self.position.global_step > first_step:
+                    self._end_of_fitted_run(last_loss)
             except Exception:
                 if self.checkpoints.writer is not None and self.checkpoints.writer.busy:
                     self.checkpoints.settle()  # a good checkpoint under way is worth finishing before the error
@@ -271,7 +293,7 @@ class Trainer:
         final_line = self._finish() if reason == COMPLETED else None  # the final probe, while the last save runs
         self._wait_for_checkpoint(reason)
         return PretrainResult(self.run_dir, self.position, last_loss, reason, self.stop.signal, final_line,
-                              self.data.bad_file_count(), self.saved_step)
+                              self.data.bad_file_count(), self.saved_step, self.length.record())
 
     def _open_run_dir(self) -> None:
         """Clear what an earlier attempt left behind, write ``config.yaml`` and open the logs (process 0); the
@@ -310,7 +332,8 @@ class Trainer:
         t = self.cfg.train
         late = past_deadline(self.started, t.max_minutes)
         saves = self.checkpoints
-        mine = StepFlags(self.stop.requested, late, saves.due(t.checkpoint_minutes), saves.failed())
+        mine = StepFlags(self.stop.requested, late, saves.due(t.checkpoint_minutes), saves.failed(),
+                         self.length.due())
         means, flags = exchange(values, mine, self.rt)
         self.flags = StepFlags(*flags)
         return means
@@ -321,6 +344,8 @@ class Trainer:
         if self.flags.save_failed:
             self._raise_save_failure()
         reason = self._stop_reason()
+        if reason is None and self.flags.replan_due:
+            self._replan()
         if reason is None and self.flags.save_due and not self._epoch_end_saves():
             self._save(loss, keep=False)
         return reason
@@ -334,11 +359,40 @@ class Trainer:
     def _stop_reason(self) -> str | None:
         """Why to stop after this step (None: go on); a request that came after the step's sync counts in a run of
         one process, which has no other process to agree with."""
-        reason = stop_reason((self.flags.stop, self.flags.late), self.cfg.train, self.position.global_step,
+        reason = stop_reason((self.flags.stop, self.flags.late), self._limits, self.position.global_step,
                              self.stop.requested and not self.rt.distributed)
         if reason == INTERRUPTED:
             self.stop_seen = self.stop_seen or time.monotonic()
+        if reason is None and self.length.ended(self.position.global_step):
+            self.fit_completed = True
+            reason = COMPLETED
         return reason
+
+    @property
+    def _limits(self) -> TrainConfig:
+        """The ``train`` section's limits; a fitted run's length is its fit's (train.max_steps was the guess)."""
+        return replace(self.cfg.train, max_steps=None) if self.length.fit is not None else self.cfg.train
+
+    def _limit_at_start(self) -> str | None:
+        """Why a run takes no step at all: resumed at its limit, or at the end of its fitted length."""
+        step = self.position.global_step
+        if not self.length.fitting and self.length.ended(step):
+            return COMPLETED
+        return limit_reached(self._limits, step)
+
+    def _replan(self) -> None:
+        """Fit the run's length to the time left (train.fit_to_deadline); every process takes the shortest."""
+        message = self.length.replan(self.position.global_step, lambda steps: agree_min(steps, self.rt))
+        self.progress.replan(self.length.steps, self.epochs)
+        if message:
+            self.progress.write(message)
+
+    def _end_of_fitted_run(self, loss: float) -> None:
+        """A fitted run ends mid-epoch: the last checkpoint, the monitor's last look, and the curves."""
+        self._save(loss, keep=False, stopped=True)
+        if self.cfg.eval.online_every > 0:
+            self._monitor()
+        self._plot()
 
     def _non_finite(self, exc: NonFiniteLossError) -> None:
         self.skipped_batches += 1
@@ -381,7 +435,7 @@ class Trainer:
         """Whether the end of ``epoch`` (counted from 1) writes the latest checkpoint, and keeps a numbered copy."""
         t = self.cfg.train
         keep = t.keep_every > 0 and epoch % t.keep_every == 0
-        return epoch % max(1, t.checkpoint_every) == 0 or keep or epoch == self.cfg.optim.epochs, keep
+        return epoch % max(1, t.checkpoint_every) == 0 or keep or epoch == self.epochs, keep
 
     def _epoch_end_saves(self) -> bool:
         """Whether the step just taken ended its epoch, and that epoch's end writes a checkpoint anyway."""
@@ -393,9 +447,9 @@ class Trainer:
         saved, keep = self._saves_at_end_of(epoch)
         if saved:
             # The last epoch's weights change no more (only the probes read them): written without a copy.
-            self._save(loss, keep=keep, stopped=epoch == self.cfg.optim.epochs)
+            self._save(loss, keep=keep, stopped=epoch == self.epochs)
         every = self.cfg.eval.online_every
-        if every > 0 and (epoch % every == 0 or epoch == self.cfg.optim.epochs):
+        if every > 0 and (epoch % every == 0 or epoch == self.epochs):
             self._monitor()
         if saved:
             self._plot()  # after the monitor, so that the picture shows this epoch's evaluation too
@@ -440,6 +494,9 @@ class Trainer:
                                {"mean": list(self.data.mean), "std": list(self.data.std)}, self.provenance,
                                self.rt.precision_choice.record() if self.rt.precision_choice else None,
                                self.accum_steps)
+        fit = self.length.state_dict()
+        if fit is not None:
+            state["schedule_fit"] = fit
         # After a stop signal, a periodic save still under way may take no more than the grace period either.
         self.checkpoints.start(state, step, self.position.epoch if keep else None, stopped, signalled,
                                timeout=self._grace_left() if signalled else None)
@@ -500,7 +557,7 @@ class Trainer:
         barrier(self.rt)
         return line
 
-    def _print_header(self, planned_steps: int) -> None:
+    def _print_header(self) -> None:
         if not self.rt.is_main:
             return
         m, d = self.cfg.model, self.cfg.data
@@ -512,9 +569,8 @@ class Trainer:
             f"{m.img_size}px, {params / 1e6:.2f}M params; predictor {pred / 1e6:.2f}M) on {d.dataset} "
             f"({len(self.data.dataset)} images), batch {d.batch_size} x {self.rt.world_size} process(es)"
             + (f" x {self.accum_steps} micro-batches = {self.global_batch} per step" if self.accum_steps > 1 else "")
-            + f", {self.steps_per_epoch} steps/epoch x {self.cfg.optim.epochs} epochs = {planned_steps} steps, "
+            + f", {self.steps_per_epoch} steps/epoch x {self.length.describe(self.cfg.train.max_minutes)}, "
             f"{self.rt.describe()} -> {self.run_dir}"
             + (f"; resuming at step {self.position.global_step}" if self.position.global_step else ""),
             flush=True,
         )
-
