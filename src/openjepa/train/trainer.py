@@ -258,6 +258,7 @@ class Trainer:
         self.checkpoints.last_start = loop_started
         self.checkpoints.report = self.progress.write
         first_step, last_loss = self.position.global_step, math.nan
+        self._limits = self._run_limits()
         reason = self._limit_at_start()  # a run resumed at its limit takes no step
         with loop_shell(self.data.loader, self.progress, self.log, self.data.bad_files, rt) as self.stop:
             try:
@@ -368,9 +369,9 @@ class Trainer:
             reason = COMPLETED
         return reason
 
-    @property
-    def _limits(self) -> TrainConfig:
-        """The ``train`` section's limits; a fitted run's length is its fit's (train.max_steps was the guess)."""
+    def _run_limits(self) -> TrainConfig:
+        """The ``train`` section's limits as the loop starts (a fitted run's length is its fit's: train.max_steps
+        was the guess); built once, not at every step (``replace`` re-validates the section)."""
         return replace(self.cfg.train, max_steps=None) if self.length.fit is not None else self.cfg.train
 
     def _limit_at_start(self) -> str | None:
