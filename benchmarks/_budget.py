@@ -39,9 +39,11 @@ from openjepa.eval import Features, extract_features, knn_classify, linear_probe
 from openjepa.eval.lowshot import LowShot, low_shot_linear
 from openjepa.eval.subsets import dataset_labels, stratified_subset
 from openjepa.ijepa import build_ijepa
+from openjepa.run_folder import MONITOR_CSV
 from openjepa.schedules import Schedules
 from openjepa.step import make_optimizer, train_step
 from openjepa.train.autoprecision import run_probe_shapes
+from openjepa.train.run_log import read_rows
 from openjepa.train.runtime import Runtime, setup_runtime, shutdown_runtime
 from openjepa.train.trainer import Trainer
 
@@ -171,6 +173,8 @@ def pretrain_within(cfg: RunConfig, minutes: float | None = None, calibration_st
         "total_s": round(total_s, 1),
         "images_per_s_in_loop": round(done * run_cfg.data.batch_size / loop_s, 1),
         "within_budget": None if minutes is None else total_s <= minutes * 60 + 1.0,
+        # whether the encoder was still improving when the budget ran out
+        "online_monitor": read_rows(Path(run_cfg.train.out_dir) / MONITOR_CSV),
     }
 
 

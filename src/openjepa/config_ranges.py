@@ -188,6 +188,7 @@ RANGES: dict[str, Bound] = {
     "eval.probe_max_iter": at_least(1),
     "eval.collapse_min_rank": at_least(0),
     "eval.collapse_min_std": at_least(0),
+    "eval.decline_warning_points": at_least(0),
     "eval.seed": at_least(0),
     "eval.batch_size": at_least(1),
 }

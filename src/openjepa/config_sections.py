@@ -139,6 +139,7 @@ class EvalConfig:
     probe_max_iter: int = 300  # L-BFGS iterations per fit
     collapse_min_rank: float = 2.0  # warn when RankMe (centred) falls below this many effective directions
     collapse_min_std: float = 1e-4  # warn when feature_std * sqrt(dims) < this (1: isotropic; 0: collapsed)
+    decline_warning_points: float | None = 3.0  # warn when the monitor's top-1 falls this far below the run's best
     seed: int = 0  # subsets, held-out split and random-init baseline
     batch_size: int = 256  # feature-extraction batch size
 

@@ -90,6 +90,35 @@ def baseline_problems(metrics: dict[str, float], baseline: dict[str, float]) -> 
     return problems
 
 
+def decline_problems(metrics: dict[str, float], history: list[dict], min_points: float | None) -> list[str]:
+    """Each monitor accuracy that has fallen at least ``min_points`` (top-1, in points) below its best in
+    ``history`` (the run's earlier monitor rows, with ``epoch``). Not collapse: a representation that training
+    is making worse, which happened on Fashion-MNIST when a small-data recipe ran three times longer than usual
+    (docs/benchmarks.md, "Three times the budget"). ``min_points`` None or 0: never."""
+    if not min_points:
+        return []
+    problems = []
+    for key, value in metrics.items():
+        earlier = [row for row in history if key.endswith("_top1") and isinstance(row.get(key), (int, float))]
+        if not earlier:
+            continue
+        best = max(earlier, key=lambda row: row[key])
+        drop = 100 * (best[key] - value)
+        if drop >= min_points:
+            name = key.removesuffix("_top1").replace("knn", "k-NN")
+            problems.append(f"{name} top-1 {value:.3f} is {drop:.1f} points below this run's best "
+                            f"({best[key]:.3f} after epoch {best.get('epoch', '?')})")
+    return problems
+
+
+def format_decline(problems: list[str]) -> str | None:
+    """One warning for all ``problems`` of :func:`decline_problems` (None when there are none)."""
+    if not problems:
+        return None
+    return ("features getting worse with training: " + "; ".join(problems) + ". A shorter schedule (optim.epochs, "
+            "train.max_minutes) may end better; see docs/troubleshooting.md (\"Monitor accuracy falling\").")
+
+
 def format_warning(problems: list[str]) -> str | None:
     """One warning for all ``problems`` (None when there are none)."""
     if not problems:

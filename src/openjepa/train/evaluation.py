@@ -12,6 +12,7 @@ from ..config import RunConfig
 from ..data import build_eval_dataset
 from ..errors import DataError
 from ..eval.baseline import random_init_like
+from ..eval.collapse import decline_problems, format_decline
 from ..eval.online_monitor import OnlineMonitor
 from ..eval.report import final_report
 from ..run_folder import FINAL_JSON
@@ -45,6 +46,7 @@ class RunMonitor:
         self.device = device
         self.train_ds, self.test_ds = eval_datasets(cfg, run_dir)
         self.online = OnlineMonitor(cfg.eval, self.train_ds, self.test_ds, device)
+        self.decline: str | None = None  # the last run's "features getting worse" warning
 
     def set_baseline(self, encoder: torch.nn.Module) -> str:
         """Score the same architecture as ``encoder`` at random initialisation (seed ``eval.seed``, as the final
@@ -52,19 +54,31 @@ class RunMonitor:
         metrics = self.online.set_baseline(random_init_like(encoder, self.cfg.eval.seed))
         return f"monitor, same architecture at random init: {self.online.describe(metrics)}"
 
-    def run(self, encoder: torch.nn.Module) -> dict[str, float]:
-        return self.online.run(encoder)
+    def run(self, encoder: torch.nn.Module, history: list[dict] = ()) -> dict[str, float]:
+        """Score ``encoder``; ``history``: the run's earlier monitor rows (a resumed run's included), against
+        whose best accuracy a decline of ``eval.decline_warning_points`` or more is flagged."""
+        metrics = self.online.run(encoder)
+        self.decline = format_decline(decline_problems(metrics, list(history), self.cfg.eval.decline_warning_points))
+        return metrics
 
     @property
     def warning(self) -> str | None:
         """The last run's warning (collapse, or no better than random init), None when all is well."""
         return self.online.last_warning
 
+    @property
+    def flag(self) -> str | None:
+        """What the progress bar shows after the last run: the most serious warning, None when all is well."""
+        if self.online.last_warning:
+            return "WARNING: collapse suspected (see log)"
+        return "WARNING: features getting worse (see log)" if self.decline else None
+
     def describe(self, row: dict) -> str:
         metrics = {k: v for k, v in row.items() if k not in ("step", "epoch")}
         line = f"monitor after epoch {row['epoch']}: {self.online.describe(metrics)}"
-        if self.online.last_warning:
-            line += f"\nwarning: {self.online.last_warning}"
+        for warning in (self.online.last_warning, self.decline):
+            if warning:
+                line += f"\nwarning: {warning}"
         return line
 
     def final(self, encoder: torch.nn.Module, run_dir: Path) -> str:

@@ -19,6 +19,26 @@ STEP_FIELDS = (
 GRAD_NORM_FIELD = "grad_norm"  # logged when optim.grad_clip computes the norm anyway
 
 
+def read_rows(path: Path) -> list[dict[str, float]]:
+    """The rows of one of a run's CSV logs as numbers (``step`` and ``epoch`` as ints; empty cells and
+    non-numeric values left out); an empty list when the file does not exist."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [_numbers(row) for row in csv.DictReader(f)]
+
+
+def _numbers(row: Mapping[str, str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, text in row.items():
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            continue
+        out[key] = int(value) if key in ("step", "epoch") else value
+    return out
+
+
 class CsvLog:
     """An append-only CSV whose header is fixed by the first row (or ``fields``).
 
@@ -36,6 +56,10 @@ class CsvLog:
         if path.exists():  # a resumed log keeps its header, whatever the new run would log
             with path.open(newline="") as f:
                 self.fields = next(csv.reader(f), None) or self.fields
+
+    def rows(self) -> list[dict[str, float]]:
+        """What the file holds so far (a resumed run's earlier rows included), as numbers."""
+        return read_rows(self.path)
 
     def _truncate(self, keep_until: int) -> None:
         with self.path.open(newline="") as f:

@@ -538,11 +538,11 @@ class Trainer:
 
     def _monitor(self) -> None:
         if self.monitor is not None:
-            row = self.monitor.run(self.model.target_encoder)
+            row = self.monitor.run(self.model.target_encoder, self.log.monitor.rows() if self.log else [])
             row = {"step": self.position.global_step, "epoch": self.position.epoch, **row}
             self.log.monitored(row)
             self.progress.write(self.monitor.describe(row))
-            self.progress.flag("WARNING: collapse suspected (see log)" if self.monitor.warning else None)
+            self.progress.flag(self.monitor.flag)
         barrier(self.rt)
 
     def _monitor_baseline(self) -> None:
