@@ -99,8 +99,8 @@ def decline_problems(metrics: dict[str, float], history: list[dict], min_points:
         return []
     problems = []
     for key, value in metrics.items():
-        earlier = [row for row in history if key.endswith("_top1") and isinstance(row.get(key), (int, float))]
-        if not earlier:
+        earlier = [row for row in history if isinstance(row.get(key), (int, float))]
+        if not key.endswith("_top1") or not earlier:
             continue
         best = max(earlier, key=lambda row: row[key])
         drop = 100 * (best[key] - value)
