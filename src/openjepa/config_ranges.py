@@ -132,6 +132,7 @@ RANGES: dict[str, Bound] = {
     "model.drop_path_rate": within(0, 1, high_open=True),
     "model.patch_embed_gain": above(0, "or null for the paper's initialisation"),
     "model.regularizer_weight": at_least(0, "0: off, as model.regularizer=none"),
+    "model.regularizer_fade": within(0, 1, low_open=True, note="or null for a constant weight"),
     # mask (openjepa.masks.MaskConfig); what a given patch grid can hold is checked by the sampler
     "mask.num_targets": at_least(1),
     "mask.target_scale": within(0, 1, low_open=True, shape=PAIR),

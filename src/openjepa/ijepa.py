@@ -43,6 +43,9 @@ class ModelConfig:
     regularizer: str = "none"  # none (the paper) | vicreg | sigreg
     regularizer_weight: float = 1.0
     regularizer_on: str = "pooled"  # pooled | content | pooled+content
+    # None: a constant weight. f in (0, 1]: the weight falls by a half cosine to 0 over the first f of the
+    # schedules' steps (optim.epochs, or the run's fitted length), and the rest of the run is the paper's objective.
+    regularizer_fade: float | None = None
 
     def __post_init__(self):
         self.arch = preset_name(self.arch)
@@ -116,6 +119,10 @@ class IJEPA(nn.Module):
         self.loss_name = loss
         self.target_type = target
         self.regularizer = regularizer or Regularizer()
+        # What multiplies the regulariser's weight this step (model.regularizer_fade), None for 1: a tensor, so that
+        # a compiled forward reads each new value without recompiling. Not a buffer: the checkpoint keys stay the
+        # released ones, and a model built on the meta device for loading has nothing left unloaded.
+        self.regularizer_factor: torch.Tensor | None = None
         self.selective_recompute = False
 
     def train(self, mode: bool = True) -> IJEPA:
@@ -179,8 +186,17 @@ class IJEPA(nn.Module):
         z, predictions = self.encode_and_predict(images, context_idx, target_idx)
         loss = self.criterion(predictions, targets)
         if self.regularizer.active:  # beyond the paper: see openjepa.regularizers
-            loss = loss + self.regularizer(z, context_idx, self.encoder.patch_embed.num_patches)
+            term = self.regularizer(z, context_idx, self.encoder.patch_embed.num_patches)
+            loss = loss + (term if self.regularizer_factor is None else self.regularizer_factor * term)
         return loss
+
+    def set_regularizer_factor(self, factor: float) -> None:
+        """Scale the regulariser's weight by ``factor`` from the next forward on (the trainer's fade schedule)."""
+        device = self.encoder.pos_embed.device
+        if self.regularizer_factor is None or self.regularizer_factor.device != device:
+            self.regularizer_factor = torch.tensor(float(factor), device=device)
+        else:
+            self.regularizer_factor.fill_(factor)  # in place: a compiled forward keeps reading the same tensor
 
     # -- teacher ---------------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -26,6 +26,14 @@ def cosine(step: float, total_steps: int, start: float, final: float) -> float:
     return final + (start - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def fade_out(step: float, fade_steps: int | None) -> float:
+    """A factor that falls by a half cosine from 1 at step 0 to 0 at ``fade_steps`` (held at 0 afterwards); 1
+    throughout when ``fade_steps`` is None."""
+    if fade_steps is None:
+        return 1.0
+    return cosine(step, fade_steps, 1.0, 0.0) if step < fade_steps else 0.0
+
+
 def linear(step: float, total_steps: int, start: float, final: float) -> float:
     """Straight line from ``start`` at step 0 to ``final`` at ``total_steps`` (held afterwards)."""
     progress = min(1.0, step / max(1, total_steps))
@@ -34,7 +42,8 @@ def linear(step: float, total_steps: int, start: float, final: float) -> float:
 
 @dataclass(frozen=True)
 class Schedules:
-    """All three schedules of an I-JEPA run (defaults: the released recipe's values).
+    """The schedules of an I-JEPA run: the paper's three (defaults: the released recipe's values) and, beyond the
+    paper, the fade of the regulariser's weight (default: none, a constant weight).
 
     ``total_steps`` is ``epochs * iterations_per_epoch * ipe_scale`` as in the released code, where ``ipe_scale``
     > 1 stretches the schedules beyond the end of training.
@@ -49,6 +58,7 @@ class Schedules:
     final_weight_decay: float = 0.4
     ema_start: float = 0.996
     ema_end: float = 1.0
+    regularizer_fade: float | None = None  # the fraction of total_steps over which the regulariser fades out
 
     def lr_at(self, step: float) -> float:
         return warmup_cosine(step, self.warmup_steps, self.total_steps, self.start_lr, self.lr, self.final_lr)
@@ -58,6 +68,13 @@ class Schedules:
 
     def momentum_at(self, step: float) -> float:
         return linear(step, self.total_steps, self.ema_start, self.ema_end)
+
+    def regularizer_factor_at(self, step: float) -> float:
+        """What multiplies ``model.regularizer_weight`` at ``step``: 1 throughout, or fading to 0 by
+        ``regularizer_fade * total_steps`` (see ``model.regularizer_fade``)."""
+        if self.regularizer_fade is None:
+            return 1.0
+        return fade_out(step, max(1, round(self.regularizer_fade * self.total_steps)))
 
     def at(self, step: float) -> tuple[float, float, float]:
         """``(lr, weight_decay, ema_momentum)`` for ``step`` (0-based)."""

@@ -17,6 +17,7 @@ STEP_FIELDS = (
     "images_per_s",
 )
 GRAD_NORM_FIELD = "grad_norm"  # logged when optim.grad_clip computes the norm anyway
+REGULARIZER_FACTOR_FIELD = "regularizer_factor"  # logged when model.regularizer_fade sets one
 
 
 def read_rows(path: Path) -> list[dict[str, float]]:
@@ -118,10 +119,9 @@ class RunLog:
     default pretraining's), ``monitor.csv`` (every evaluation: the online monitor, fine-tuning's held-out score)
     and, optionally, TensorBoard events."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool, grad_norm: bool = False,
+    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool,
                  step_fields: tuple[str, ...] = STEP_FIELDS):
-        fields = (*step_fields, GRAD_NORM_FIELD) if grad_norm else step_fields
-        self.steps = CsvLog(run_dir / METRICS_CSV, fields, keep_until=resume_step)
+        self.steps = CsvLog(run_dir / METRICS_CSV, step_fields, keep_until=resume_step)
         self.monitor = CsvLog(run_dir / MONITOR_CSV, keep_until=resume_step)
         self.tb = TensorBoard(run_dir / TENSORBOARD, purge_step=resume_step) if tensorboard else None
 

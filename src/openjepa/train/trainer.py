@@ -64,7 +64,7 @@ from .deadline import RunLength
 from .evaluation import RunMonitor
 from .preflight import build_model, check_settings
 from .progress import Progress
-from .run_log import RunLog
+from .run_log import GRAD_NORM_FIELD, REGULARIZER_FACTOR_FIELD, STEP_FIELDS, RunLog
 from .runtime import (
     Runtime,
     agree_min,
@@ -213,6 +213,7 @@ class Trainer:
             start_lr=o.start_lr, lr=o.lr, final_lr=o.final_lr,
             weight_decay=o.weight_decay, final_weight_decay=o.final_weight_decay,
             ema_start=o.ema[0], ema_end=o.ema[1],
+            regularizer_fade=self.cfg.model.regularizer_fade if self.model.regularizer.active else None,
         )
 
     @property
@@ -221,8 +222,12 @@ class Trainer:
         return self.length.epochs
 
     def _schedule_values(self, step: int) -> tuple[float, float, float]:
-        """``(lr, weight_decay, ema_momentum)`` of ``step``: the schedules where the run's length puts the step."""
-        return self.schedules.at(self.length.position(step))
+        """``(lr, weight_decay, ema_momentum)`` of ``step``: the schedules where the run's length puts the step.
+        Sets the regulariser's fade factor of that step on the model, too."""
+        position = self.length.position(step)
+        self.regularizer_factor = self.schedules.regularizer_factor_at(position)
+        self.model.set_regularizer_factor(self.regularizer_factor)
+        return self.schedules.at(position)
 
     def _wrap(self, model: IJEPA) -> torch.nn.Module:
         net: torch.nn.Module = model
@@ -305,8 +310,14 @@ class Trainer:
             remove_unfinished_writes(self.run_dir)
             save_run_config(self.cfg, self.run_dir, self.rt.precision_note())
             resume_step = self.position.global_step if self.resume is not None else None
-            self.log = RunLog(self.run_dir, resume_step, self.cfg.train.tensorboard, grad_norm=self._logs_grad_norm)
+            self.log = RunLog(self.run_dir, resume_step, self.cfg.train.tensorboard, step_fields=self._step_fields())
         barrier(self.rt)
+
+    def _step_fields(self) -> tuple[str, ...]:
+        """The columns of ``metrics.csv``: the standard ones, and the optional ones this run computes."""
+        optional = {GRAD_NORM_FIELD: self._logs_grad_norm,
+                    REGULARIZER_FACTOR_FIELD: self.schedules.regularizer_fade is not None}
+        return (*STEP_FIELDS, *(name for name, logged in optional.items() if logged))
 
     @property
     def _logs_grad_norm(self) -> bool:
@@ -427,7 +438,9 @@ class Trainer:
                "momentum": momentum, "context_len": batch.context.shape[1], "target_len": batch.targets.shape[-1],
                "step_ms": step_ms, "data_ms": data_ms, "images_per_s": ips}
         if self._logs_grad_norm:
-            row["grad_norm"] = out.read[1]
+            row[GRAD_NORM_FIELD] = out.read[1]
+        if self.schedules.regularizer_fade is not None:
+            row[REGULARIZER_FACTOR_FIELD] = self.regularizer_factor
         self.log.step(row)
         self.progress.update(pos.global_step, pos.epoch, loss, lr, ips)
 
