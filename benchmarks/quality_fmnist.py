@@ -21,6 +21,7 @@ Examples (docs/benchmarks.md, "Quality", has the results)::
     python benchmarks/quality_fmnist.py --minutes 20 --seed 1             # -> runs/quality_fmnist-seed1
     python benchmarks/quality_fmnist.py optim.lr=2e-3 --minutes 6 --encoders target --pools mean
     python benchmarks/quality_fmnist.py --minutes 20 --eval-only          # evaluate runs/quality_fmnist again
+    python benchmarks/quality_fmnist.py --steps 2217 --encoders target    # equal steps (e.g. another precision)
 """
 
 from __future__ import annotations
@@ -82,11 +83,17 @@ def trained_run(cfg, run_dir: Path, args: argparse.Namespace) -> dict:
         if not record.is_file():
             raise SystemExit(f"--eval-only: {record} not found; run the benchmark without --eval-only first")
         training = json.loads(record.read_text())
-        if training.get("minutes") != args.minutes:
-            raise SystemExit(f"{record} is a {training.get('minutes')}-minute run, not {args.minutes}")
+        minutes = None if args.steps else args.minutes
+        if training.get("minutes") != minutes or training.get("fixed_steps") != args.steps:
+            raise SystemExit(f"{record} is a run of {training.get('fixed_steps') or training.get('minutes')} "
+                             f"{'steps' if training.get('fixed_steps') else 'minutes'}, not what was asked")
         return training
-    training = {"minutes": args.minutes, **pretrain_within(cfg, args.minutes, args.calibration_steps,
-                                                              fit_to_deadline=not args.fixed_length)}
+    if args.steps:  # equal steps: no time limit, schedules fitted to exactly that many steps
+        training = {"minutes": None, "fixed_steps": args.steps,
+                    **pretrain_within(cfg, steps=args.steps, calibration_steps=args.calibration_steps)}
+    else:
+        training = {"minutes": args.minutes, **pretrain_within(cfg, args.minutes, args.calibration_steps,
+                                                                  fit_to_deadline=not args.fixed_length)}
     record.write_text(json.dumps(training, indent=2) + "\n")
     return training
 
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "quality_fmnist",
         "command": "python benchmarks/quality_fmnist.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "minutes": args.minutes,
+        "minutes": None if args.steps else args.minutes,
         "seed": args.seed,
         "training": training,
         "evaluation_s": round(time.monotonic() - started, 1),
@@ -146,6 +153,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate the run already in --run-dir (its training.json) instead of pretraining again")
     p.add_argument("--calibration-steps", type=int, default=20, help="timed steps that calibrate the run length")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train exactly this many steps instead of a wall-clock budget (schedules fitted to them): "
+                        "compares precisions or machines at equal steps")
     p.add_argument("--fixed-length", action="store_true",
                    help="keep the calibrated run length (the protocol of results before fit_to_deadline) instead "
                         "of re-planning it as the run goes")

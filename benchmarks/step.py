@@ -281,7 +281,8 @@ def memory_probe(argv: list[str], which: str) -> dict:
 def run_probe(args, device, autocast_dtype) -> dict:
     """``ours``, ``official``, or ``official_same_masks`` (the official step on masks drawn by our sampler)."""
     which = args.memory_probe
-    impl = Ours(args, device, autocast_dtype) if which == "ours" else Official(args, device, autocast_dtype)
+    impl = Ours(args, device, autocast_dtype) if which == "ours" else Official(
+        args, device, official_dtype(args, autocast_dtype))
     samples = make_samples(args)
     sampler = MultiBlockMaskSampler(args.img // args.patch, MaskConfig(min_keep=args.min_keep))
     collator = MaskCollator(sampler, args.seed)
@@ -298,6 +299,15 @@ def run_probe(args, device, autocast_dtype) -> dict:
     if device.type == "cuda":
         result["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
     return result
+
+
+def official_dtype(args, ours: torch.dtype | None) -> torch.dtype | None:
+    """The official step's autocast dtype: ours unless ``--official-dtype`` names another."""
+    return ours if args.official_dtype == "same" else {"fp32": None, "bf16": torch.bfloat16}[args.official_dtype]
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def decide_dtype(args, device: torch.device) -> PrecisionChoice:
@@ -320,6 +330,8 @@ def result_path(args, dtype: str, machine: dict) -> Path:
         return Path(args.out)
     variants = [name for flag, name in ((args.grad_checkpointing, "gc"), (args.selective_recompute, "recompute"),
                                         (args.compile, "compile"), (not args.official, "ours")) if flag]
+    if args.official and args.official_dtype != "same":
+        variants.append(f"official-{args.official_dtype}")
     parts = ["step", args.setup or f"{args.preset}-p{args.patch}-{args.img}px-b{args.batch}", dtype, *variants,
              f"{cpu_tag(machine)}-{torch.get_num_threads()}t" if "gpu" not in machine else cpu_tag(machine)]
     return RESULTS / ("_".join(parts) + ".json")
@@ -340,13 +352,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result))
         return result
 
-    official = Official(args, device, autocast_dtype) if args.official else None  # fails early on a bad path
+    off_dtype = official_dtype(args, autocast_dtype)
+    official = Official(args, device, off_dtype) if args.official else None  # fails early on a bad path
     ours = Ours(args, device, autocast_dtype)
     peak_dtype = autocast_dtype or torch.float32
     # Emulated bf16 (a CPU without avx512_bf16/AMX) takes about a minute per 2048 matmul: measure it smaller.
-    emulated = device.type == "cpu" and peak_dtype == torch.bfloat16 and not onednn_bf16_available()
+    emulated = device.type == "cpu" and torch.bfloat16 in (peak_dtype, off_dtype) and not onednn_bf16_available()
     peak_size = min(args.peak_size, 512) if emulated else args.peak_size
-    peaks_before = matmul_peaks(device, peak_dtype, peak_size)
+    # The official step's MFU is against the peak of its own precision when that differs from ours.
+    off_peak_dtype = (off_dtype or torch.float32) if official is not None else peak_dtype
+    peak_dtypes = {peak_dtype, off_peak_dtype}
+    peaks_before = {dt: matmul_peaks(device, dt, peak_size) for dt in peak_dtypes}
     arch = arch_of(ours)
     samples = make_samples(args)
     t_ours, t_off, t_same = Timings(), Timings(), Timings()
@@ -360,8 +376,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Measured before and after the steps, the best kept: a busy machine can only lower it. MFU is against the
     # fastest kernel found in the step's precision, whichever implementation uses it.
-    peaks_after = matmul_peaks(device, peak_dtype, peak_size)
-    peaks = {k: max(v, peaks_after[k]) for k, v in peaks_before.items()}
+    peaks_by_dtype = {}
+    for dt in peak_dtypes:
+        after = matmul_peaks(device, dt, peak_size)
+        peaks_by_dtype[dt] = {k: max(v, after[k]) for k, v in peaks_before[dt].items()}
+    peaks, off_peaks = peaks_by_dtype[peak_dtype], peaks_by_dtype[off_peak_dtype]
     peak = max(peaks.values())
     machine = machine_info(device)
     result = {
@@ -384,13 +403,17 @@ def main(argv: list[str] | None = None) -> dict:
         from _official import official_revision
 
         result["official_checkout_commit"] = official_revision(args.official)
-        result["official"] = summarise(t_off, arch, args.batch, peaks)
+        result["official_dtype"] = dtype_name(off_dtype)
+        if off_peak_dtype != peak_dtype:
+            result["official_matmul_peak_dtype"] = str(off_peak_dtype).replace("torch.", "")
+            result["official_matmul_peaks_by_kernel"] = off_peaks
+        result["official"] = summarise(t_off, arch, args.batch, off_peaks)
         result["speedup_own_masks"] = result["ours"]["images_per_s"] / result["official"]["images_per_s"]
         result["flops_ratio_own_masks"] = (
             result["ours"]["flops_per_step_median"] / result["official"]["flops_per_step_median"]
         )
         if args.same_masks:
-            result["official_same_masks"] = summarise(t_same, arch, args.batch, peaks)
+            result["official_same_masks"] = summarise(t_same, arch, args.batch, off_peaks)
             paired = [o / s for s, o in zip(t_ours.steps, t_same.steps)]
             result["speedup_same_masks"] = statistics.median(paired)
     if args.memory:
@@ -437,6 +460,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default=None,
                    help="fp32, bf16 or fp16 autocast, or auto: what train.precision=auto picks here (default: fp32 "
                         "on CPU, bf16 on GPU)")
+    p.add_argument("--official-dtype", choices=["same", "fp32", "bf16"], default="same",
+                   help="the official step's precision (default: the same as ours); --dtype auto --official-dtype "
+                        "fp32 compares openjepa as it picks its precision with the official step as it runs by "
+                        "default on a CPU")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile our model (the warm-up shows its cost)")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in our backward")

@@ -105,3 +105,23 @@ def test_fine_tuning_measures_its_own_encoder_for_auto(source, monkeypatch, tmp_
     else:
         dim, heads, tokens = (24, 4, 16) if source == "pretrained" else (16, 2, 16)
         assert shapes.linear[0][1:] == (dim, 4 * dim) and shapes.attention[0][1:] == (heads, tokens, dim // heads)
+
+
+def test_screen_does_not_count_the_first_bf16_call(monkeypatch):
+    """oneDNN builds its bf16 kernel on the first call (milliseconds on an AMX CPU): the screen must time the
+    arithmetic, not that. Here bf16 costs what fp32 does, except for a slow first call."""
+    from openjepa import speed_probe
+
+    real_mm, calls = torch.mm, {"bf16": 0}
+
+    def mm(a, b):
+        if a.dtype == torch.bfloat16:
+            calls["bf16"] += 1
+            if calls["bf16"] == 1:
+                import time
+                time.sleep(0.05)  # about 1,000x a 256-wide fp32 product
+            return real_mm(a.float(), b.float()).bfloat16()
+        return real_mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", mm)
+    assert speed_probe.bf16_screen() > speed_probe.SCREEN_PASS

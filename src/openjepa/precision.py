@@ -37,6 +37,9 @@ BF16_MIN_SPEEDUP = 1.3  # below this, bf16's rounding and casts are not worth it
 NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere and later
 ENV = "OPENJEPA_CPU_PRECISION"
 ENV_VALUES = ("measure", "remeasure", "fp32", "bf16")
+# Part of every cache key: raised when the measurement changes, so that rates an earlier, wrong measurement stored
+# are measured again (2: the bf16 screen no longer counts oneDNN's kernel creation, which ruled bf16 out on AMX).
+PROBE_VERSION = 2
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -239,7 +242,7 @@ def cache_path() -> Path:
 
 def cache_key(signature: str, threads: int) -> str:
     """Rates depend on the CPU, the torch build, the thread count and the shapes."""
-    return f"{cpu_model()} | torch {torch.__version__} | {threads} threads | {signature}"
+    return f"probe {PROBE_VERSION} | {cpu_model()} | torch {torch.__version__} | {threads} threads | {signature}"
 
 
 def _read_cache(path: Path) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from .models.layers import scaled_dot_product
 from .precision import CpuRates, best_time
 
 MAX_FLOPS_PER_REP = 4e9
-SCREEN_SIZE = 128  # side of the bf16 screening matmul: big enough that AMX beats fp32, small enough if emulated
+SCREEN_SIZE = 256  # side of the bf16 screening matmul: big enough that AMX clearly beats fp32 (4-6x on one core;
+# at 128 the two are level), small enough if emulated (about 30 ms at 0.01x fp32)
 SCREEN_PASS = 0.5  # bf16 slower than this fraction of fp32 on the screen is not timed further
 GIVE_UP_FACTOR = 20.0
 
@@ -137,7 +138,12 @@ def attention_rate(shapes: ProbeShapes, dtype: str, kernel: str, give_up_after: 
 
 def bf16_screen() -> float:
     """bf16 over fp32 rate of one small ``torch.mm`` on one thread (a small multi-threaded matmul on a busy machine
-    measures thread wake-ups, not arithmetic)."""
+    measures thread wake-ups, not arithmetic).
+
+    Each dtype gets one call before its timing starts: oneDNN builds its bf16 kernel (AMX tile set-up included) on
+    the first call, which took 1.4-1.8 ms on an AMX Xeon, 30-70x a 128-wide fp32 product. Counted in, that call
+    read as "bf16 at 0.014x fp32" there and ruled bf16 out on the CPU where it is fastest.
+    """
     g = torch.Generator().manual_seed(0)
     a = torch.randn(SCREEN_SIZE, SCREEN_SIZE, generator=g)
     b = torch.randn(SCREEN_SIZE, SCREEN_SIZE, generator=g)
@@ -145,6 +151,7 @@ def bf16_screen() -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        torch.mm(a, b), torch.mm(a16, b16)  # kernel creation, outside the timing
         fp32 = best_time(lambda: torch.mm(a, b), min_time=0.0)
         bf16 = best_time(lambda: torch.mm(a16, b16), min_time=0.0, give_up_after=GIVE_UP_FACTOR * fp32 / SCREEN_PASS)
     finally:
