@@ -306,10 +306,6 @@ def official_dtype(args, ours: torch.dtype | None) -> torch.dtype | None:
     return ours if args.official_dtype == "same" else {"fp32": None, "bf16": torch.bfloat16}[args.official_dtype]
 
 
-def dtype_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
 def decide_dtype(args, device: torch.device) -> PrecisionChoice:
     """``--dtype`` resolved as ``openjepa pretrain`` resolves ``train.precision`` (see the module docstring)."""
     requested = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
@@ -403,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict:
         from _official import official_revision
 
         result["official_checkout_commit"] = official_revision(args.official)
-        result["official_dtype"] = dtype_name(off_dtype)
+        result["official_dtype"] = kernels.DTYPE_NAMES[off_dtype or torch.float32]
         if off_peak_dtype != peak_dtype:
             result["official_matmul_peak_dtype"] = str(off_peak_dtype).replace("torch.", "")
             result["official_matmul_peaks_by_kernel"] = off_peaks

@@ -1,6 +1,8 @@
 """The CPU measurement behind train.precision=auto, run for real on tiny shapes (its results are not asserted:
 they depend on the machine), and its way into a run's runtime, header and records."""
 
+import time
+
 import pytest
 import torch
 
@@ -118,7 +120,6 @@ def test_screen_does_not_count_the_first_bf16_call(monkeypatch):
         if a.dtype == torch.bfloat16:
             calls["bf16"] += 1
             if calls["bf16"] == 1:
-                import time
                 time.sleep(0.05)  # about 1,000x a 256-wide fp32 product
             return real_mm(a.float(), b.float()).bfloat16()
         return real_mm(a, b)
