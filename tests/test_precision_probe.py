@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from openjepa import speed_probe
 from openjepa.models import kernels
 from openjepa.speed_probe import MAX_FLOPS_PER_REP, ProbeShapes, measure_cpu_rates, probe_flops, probe_shapes
 from openjepa.precision import CpuRates
@@ -112,8 +113,6 @@ def test_fine_tuning_measures_its_own_encoder_for_auto(source, monkeypatch, tmp_
 def test_screen_does_not_count_the_first_bf16_call(monkeypatch):
     """oneDNN builds its bf16 kernel on the first call (milliseconds on an AMX CPU): the screen must time the
     arithmetic, not that. Here bf16 costs what fp32 does, except for a slow first call."""
-    from openjepa import speed_probe
-
     real_mm, calls = torch.mm, {"bf16": 0}
 
     def mm(a, b):
